@@ -1,0 +1,3 @@
+from msvol.cli import main
+
+main()

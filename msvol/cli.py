@@ -1,0 +1,86 @@
+"""Command line: parse, call pipeline/batch/synth, map errors to exit codes.
+
+Exit codes: 0 success, 2 bad input or usage (including subjects set aside for bad input),
+1 internal error (a traceback is written to a crash file under the output folder).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from msvol import __version__
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+def _echo(quiet: bool):
+    def progress(message: str) -> None:
+        if not quiet:
+            click.echo(message, err=True)
+    return progress
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="msvol")
+def main():
+    """msvol: longitudinal MRI monitoring of multiple sclerosis (research software, not a medical device)."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder; each subject's results go to OUT/sub-XX/.")
+@click.option("--force", is_flag=True, help="Redo subjects whose results already exist (replaced atomically).")
+@click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Protocol YAML whose 'params:' section overrides thresholds (see protocols/).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder with another lesion model (lesion_unet.pt + model_card.json).")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+def run(input_path, out_dir, force, protocol, model_dir, quiet):
+    """Analyse every subject in INPUT (a BIDS dataset or one sub-* folder) and write reports to OUT."""
+    from msvol import batch
+    from msvol.config import load_params
+    from msvol.errors import MsvolError
+
+    try:
+        params = load_params(protocol)
+        summary = batch.run_batch(input_path, out_dir, params, force=force, model_dir=model_dir,
+                                  progress=_echo(quiet))
+    except MsvolError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    for folder in summary.done:
+        click.echo(f"report: {folder / 'report.html'}")
+    for name in summary.skipped:
+        click.echo(f"skipped {name}: result exists (use --force to redo)")
+    for name, reason in summary.set_aside:
+        click.echo(f"set aside {name}: {reason}", err=True)
+    for name, crash in summary.crashed:
+        click.echo(f"internal error in {name}; traceback: {crash}", err=True)
+    sys.exit(EXIT_INTERNAL if summary.crashed else EXIT_INPUT if summary.set_aside else EXIT_OK)
+
+
+@main.command()
+@click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--subjects", default=1, show_default=True, help="How many synthetic patients.")
+@click.option("--visits", default=3, show_default=True, help="Visits per patient (>= 1).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the first patient (then seed+1, ...).")
+@click.option("--intensity-scale", default=1000.0, show_default=True,
+              help="Stored value of intensity 1.0; below ~250 images are stored as bytes (smaller files).")
+@click.option("--quiet", is_flag=True, help="Print only the output folder.")
+def synth(out_dir, subjects, visits, seed, intensity_scale, quiet):
+    """Write synthetic patients with known truth as a BIDS dataset in OUT (truth in OUT/derivatives/truth)."""
+    from msvol import synth as generator
+
+    if visits < 1 or subjects < 1:
+        raise click.BadParameter("--subjects and --visits must be at least 1")
+    settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale)
+    progress = _echo(quiet)
+    for index in range(subjects):
+        subject = f"{index + 1:02d}"
+        progress(f"generating sub-{subject} (seed {seed + index})")
+        generator.write_patient(generator.generate_patient(seed + index, settings), out_dir, subject)
+    click.echo(str(out_dir))

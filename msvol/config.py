@@ -1,0 +1,171 @@
+"""Every threshold and default msvol uses, each with its unit and source.
+
+One frozen dataclass per stage, gathered in `Params`. A value msvol chose itself says so
+("msvol choice: ..."), with the measurement that backs it. `protocols/*.yaml` may override
+fields by name (`load_params`); the effective values and their hash go into every report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msvol.errors import ConfigError
+
+
+def _p(default, unit: str, source: str):
+    return field(default=default, metadata={"unit": unit, "source": source})
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    max_voxel_size_mm: float = _p(
+        1.5, "mm",
+        "MAGNIMS-CMSC-NAIMS 2021 (Wattjes et al., Lancet Neurol 2021) recommend 3D FLAIR/T1 at "
+        "<= 1 mm isotropic; msvol accepts up to 1.5 mm (inclusive) and refuses thicker slices")
+    min_field_of_view_mm: float = _p(
+        120.0, "mm", "msvol choice: an adult head is >= 140 mm along every axis; smaller is not a head scan")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    n4_shrink_factor: int = _p(4, "voxels", "ANTs N4 default shrink factor (Tustison et al., IEEE TMI 2010)")
+    brain_mask_threshold: float = _p(0.5, "probability", "deepbet default threshold (Fisch et al., 2024)")
+    min_brain_volume_ml: float = _p(
+        700.0, "ml", "msvol choice: adult brains are ~1000-1600 ml; less means the image is not a whole brain")
+    max_brain_volume_ml: float = _p(2200.0, "ml", "msvol choice: above any adult brain volume")
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    rigid_shrink_factors: tuple[int, ...] = _p((4, 2, 1), "voxels", "msvol choice: 3-level pyramid")
+    rigid_smoothing_mm: tuple[float, ...] = _p((2.0, 1.0, 0.0), "mm", "msvol choice, paired with the pyramid")
+    template_shrink_factors: tuple[int, ...] = _p(
+        (8, 4), "voxels", "msvol choice: the affine to the MNI template only gives a head-size scale; 4 mm suffices")
+    template_smoothing_mm: tuple[float, ...] = _p((4.0, 2.0), "mm", "msvol choice, paired with the pyramid")
+    rigid_sampling_fraction: float = _p(
+        0.05, "fraction", "msvol choice: random MI sampling; rigid accuracy unchanged from 0.05 to 0.2 on synth")
+    min_alignment_correlation: float = _p(
+        0.90, "correlation",
+        "msvol choice: halfway-space FLAIR correlation inside the brain; well-aligned synthetic pairs read "
+        ">= 0.95 (bench), misregistered ones < 0.8. Pairs below are flagged: PBVC not trustworthy")
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    probability_threshold: float = _p(0.5, "probability", "msvol choice: the model's calibrated midpoint")
+    roi_size: tuple[int, int, int] = _p((96, 96, 96), "voxels", "msvol choice: sliding-window patch, 1 mm grid")
+    overlap: float = _p(0.25, "fraction", "MONAI sliding_window_inference default")
+    sw_batch_size: int = _p(2, "patches", "msvol choice: fits 2 CPU cores in < 2 GB")
+
+
+@dataclass(frozen=True)
+class LesionParams:
+    connectivity: int = _p(26, "neighbours", "DOMAIN.md: 26-connectivity is usual for lesion components")
+    min_lesion_volume_mm3: float = _p(
+        5.0, "mm3", "msvol choice: components with volume >= this are kept; smaller ones are noise at 1 mm")
+    match_tolerance_voxels: int = _p(
+        1, "voxels", "msvol choice: baseline lesions dilated by this before the overlap test, so a 1-voxel "
+        "registration/segmentation wobble does not make a stable lesion 'new' (bench: false new per pair)")
+    min_new_lesion_volume_mm3: float = _p(
+        14.0, "mm3",
+        "consensus minimum of ~3 mm across (a 3 mm sphere is 14.1 mm3; MAGNIMS 2021 / DOMAIN.md); "
+        "new lesions with volume >= this are counted")
+    small_lesion_max_volume_mm3: float = _p(
+        100.0, "mm3", "msvol choice: boundary between the 'small' and 'large' enlargement thresholds")
+    min_relative_change_small: float = _p(
+        0.45, "fraction",
+        "DOMAIN.md: manual volumetry varies ~23 % for small lesions, so a change must exceed ~45 %")
+    min_relative_change_large: float = _p(
+        0.24, "fraction",
+        "DOMAIN.md: manual volumetry varies ~12 % for large lesions, so a change must exceed ~24 %")
+    min_absolute_change_mm3: float = _p(
+        10.0, "mm3", "msvol choice: below ~10 voxels at 1 mm a change is within segmentation noise")
+
+
+@dataclass(frozen=True)
+class AtrophyParams:
+    boundary_width_voxels: int = _p(
+        2, "voxels",
+        "boundary shift integral region: union dilated and intersection eroded (Freeborough & Fox, IEEE TMI "
+        "1997, used 1 voxel); msvol uses 2 so the whole partial-volume edge is inside (bench, docs/METHODS.md)")
+    pathological_annualized_pbvc_percent: float = _p(
+        -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
+    min_years_for_annualized: float = _p(
+        0.5, "years", "msvol choice: annualising shorter intervals multiplies noise; flagged on the report")
+
+
+@dataclass(frozen=True)
+class Params:
+    ingest: IngestParams = field(default_factory=IngestParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    segment: SegmentParams = field(default_factory=SegmentParams)
+    lesions: LesionParams = field(default_factory=LesionParams)
+    atrophy: AtrophyParams = field(default_factory=AtrophyParams)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short content hash of the effective values, written into every report."""
+        text = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def field_sources(params: Params) -> dict[str, dict[str, str]]:
+    """Every field as 'section.name' -> {'unit', 'source'}, for the report and for tests."""
+    out = {}
+    for section in dataclasses.fields(params):
+        for f in dataclasses.fields(getattr(params, section.name)):
+            out[f"{section.name}.{f.name}"] = dict(f.metadata)
+    return out
+
+
+def load_params(path: Path | None = None) -> Params:
+    """Default parameters, overridden by the `params:` mapping of a protocol YAML file.
+
+    The file holds ``params: {section: {field: value}}``; any other top-level key is ignored
+    here (protocol rules belong to ingest). Unknown sections or fields raise ConfigError naming
+    the file, the key and the nearest valid name.
+    """
+    params = Params()
+    if path is None:
+        return params
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read protocol file ({exc})") from exc
+    overrides = document.get("params") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: 'params' must be a mapping of sections to fields")
+    sections = {}
+    for section_name, values in overrides.items():
+        valid_sections = [f.name for f in dataclasses.fields(Params)]
+        if section_name not in valid_sections:
+            raise ConfigError(f"{path}: unknown section '{section_name}'{_suggest(section_name, valid_sections)}")
+        section = getattr(params, section_name)
+        valid_fields = {f.name: f for f in dataclasses.fields(section)}
+        for key, value in (values or {}).items():
+            if key not in valid_fields:
+                raise ConfigError(
+                    f"{path}: unknown key '{section_name}.{key}'{_suggest(key, list(valid_fields))}")
+            default = getattr(section, key)
+            if isinstance(default, tuple):
+                value = tuple(value)
+            elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+                raise ConfigError(f"{path}: '{section_name}.{key}' must be a number, got {value!r}")
+            values[key] = value
+        sections[section_name] = dataclasses.replace(section, **(values or {}))
+    return dataclasses.replace(params, **sections)
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(valid)}"

@@ -1,0 +1,229 @@
+"""Composition root: run every stage for one patient and write its outputs atomically.
+
+Output contract (per subject XX, under OUT/sub-XX/):
+  report.json, report.html, intervals.csv
+  ses-YY/lesions.nii.gz            integer lesion labels on that session's FLAIR grid
+  ses-YY/brain_mask.nii.gz         the brain mask used, same grid
+  intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz
+                                   labels on the ses-BB FLAIR grid, values = lesion ids in report.json
+Everything is written into a hidden temporary folder beside the result and renamed into place
+only when complete, so a killed run leaves no half report; an existing result is kept unless
+`force` is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from msvol import atlas, atrophy, lesions, preprocess, register, report, report_html, segment
+from msvol.config import Params
+from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit, QCFlag, Rigid,
+                             Visit, Volume)
+from msvol.errors import OutputExistsError
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Resources:
+    """Heavy, reusable handles: load once per process, pass to every patient."""
+
+    model: tuple
+    extractor: object
+    template: Volume  # MNI T1, brain only
+    template_intracranial_ml: float
+
+    @classmethod
+    def load(cls, model_dir: Path | None = None) -> "Resources":
+        maps, affine = atlas.load_mni()
+        template = Volume(maps["t1"], affine, "T1w")
+        icv_ml = float(maps["intracranial"].sum() * abs(np.linalg.det(affine[:3, :3])) / 1000)
+        return cls(segment.load_model(model_dir), preprocess.load_brain_extractor(), template, icv_ml)
+
+
+def prepare_visit(visit: Visit, params: Params, resources: Resources) -> PreparedVisit:
+    """Reorient, bias-correct, brain-extract, register T1 to FLAIR, resample the T1 once."""
+    flair = preprocess.correct_bias(preprocess.reorient(visit.flair), params.preprocess)
+    t1 = preprocess.correct_bias(preprocess.reorient(visit.t1), params.preprocess)
+    t1_mask = preprocess.extract_brain(t1, params.preprocess, extractor=resources.extractor)
+    t1_to_flair = register.fit_rigid(flair, t1, params.register, moving_mask=t1_mask.data)
+    grid = (flair.data.shape, flair.affine)
+    return PreparedVisit(visit.session, visit.date, flair, t1, t1_mask, t1_to_flair,
+                         register.resample(t1, t1_to_flair, *grid), register.resample(t1_mask, t1_to_flair, *grid),
+                         visit.acquisition)
+
+
+def _template_scale(visit: PreparedVisit, params: Params, resources: Resources) -> float:
+    """Determinant of the affine template -> subject map (subject head size / template size)."""
+    brain = visit.t1.with_data(visit.t1.data * visit.t1_brain_mask.data)
+    coarse = dataclasses.replace(params.register, rigid_shrink_factors=params.register.template_shrink_factors,
+                                 rigid_smoothing_mm=params.register.template_smoothing_mm)
+    pull = register.fit_rigid(resources.template, brain, coarse, moving_mask=visit.t1_brain_mask.data, affine=True)
+    return float(abs(np.linalg.det(pull.matrix[:3, :3])))
+
+
+def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_lesions: LesionMap,
+                     followup_lesions: LesionMap, params: Params) -> tuple[IntervalResult, IntervalImages]:
+    """Register two visits into halfway space, match lesions, measure PBVC, raise QC flags."""
+    baseline_to_followup = register.fit_rigid(baseline.flair, followup.flair, params.register,
+                                              fixed_mask=baseline.brain_mask.data,
+                                              moving_mask=followup.brain_mask.data)
+    to_baseline, to_followup = register.halfway(baseline_to_followup)
+    grid = (baseline.flair.data.shape, baseline.flair.affine)
+
+    def on_grid(volume: Volume, pull: Rigid) -> Volume:
+        return register.resample(volume, pull, *grid)
+
+    flairs = [on_grid(baseline.flair, to_baseline), on_grid(followup.flair, to_followup)]
+    t1s = [on_grid(v.t1, v.t1_to_flair.compose(pull)) for v, pull in ((baseline, to_baseline), (followup, to_followup))]
+    masks = [on_grid(v.t1_brain_mask, v.t1_to_flair.compose(pull))
+             for v, pull in ((baseline, to_baseline), (followup, to_followup))]
+    labels = [on_grid(baseline_lesions.labels, to_baseline), on_grid(followup_lesions.labels, to_followup)]
+    correlation = register.alignment_correlation(flairs[0].data, flairs[1].data, masks[0].data & masks[1].data)
+    years = (followup.date - baseline.date).days / 365.25
+    result = atrophy.measure_pbvc(t1s[0], t1s[1], masks[0], masks[1], years=years,
+                                  alignment_correlation=correlation, params=params.atrophy)
+    changes = lesions.match_lesions(baseline_lesions, followup_lesions, labels[0].data, labels[1].data,
+                                    params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+    flags = _interval_flags(baseline, followup, correlation, years, params)
+    images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1])
+    return IntervalResult(baseline.session, followup.session, result, changes, flags), images
+
+
+def _interval_flags(baseline: PreparedVisit, followup: PreparedVisit, correlation: float, years: float,
+                    params: Params) -> tuple[QCFlag, ...]:
+    scope = f"ses-{baseline.session}_to_ses-{followup.session}"
+    flags = []
+    if correlation < params.register.min_alignment_correlation:
+        flags.append(QCFlag("poor_alignment", f"Alignment correlation {correlation:.3f} is below "
+                            f"{params.register.min_alignment_correlation}: the PBVC and lesion changes of this "
+                            f"interval cannot be trusted; check the registration.", scope))
+    if years < params.atrophy.min_years_for_annualized:
+        flags.append(QCFlag("short_interval", f"Interval of {years:.2f} years: PBVC is not annualised.", scope))
+    before, after = baseline.acquisition, followup.acquisition
+    changed = [name for name in ("manufacturer", "model", "field_strength_t", "software", "protocol")
+               if getattr(before, name) is not None and getattr(after, name) is not None
+               and getattr(before, name) != getattr(after, name)]
+    if changed:
+        flags.append(QCFlag("scanner_change", f"Scanner or protocol changed between visits ({', '.join(changed)}): "
+                            f"brain volume change may be biased.", scope))
+    for kind in ("flair", "t1"):
+        first, second = getattr(baseline, kind), getattr(followup, kind)
+        if first.data.shape != second.data.shape or not np.allclose(first.spacing_mm, second.spacing_mm, atol=0.05):
+            flags.append(QCFlag("protocol_change", f"{kind.upper()} grid changed between visits "
+                                f"({np.round(first.spacing_mm, 2).tolist()} mm, {first.data.shape} -> "
+                                f"{np.round(second.spacing_mm, 2).tolist()} mm, {second.data.shape}).", scope))
+    return tuple(flags)
+
+
+def interval_pairs(count: int) -> list[tuple[int, int]]:
+    """Each consecutive pair, and baseline to latest when there are three visits or more."""
+    pairs = [(index, index + 1) for index in range(count - 1)]
+    return pairs + [(0, count - 1)] if count > 2 else pairs
+
+
+def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Resources, *, force: bool = False,
+                progress: Progress = lambda message: None) -> Path:
+    """Analyse one patient and write OUT/sub-XX atomically; returns that folder.
+
+    Raises OutputExistsError when OUT/sub-XX exists and `force` is False.
+    """
+    final = Path(out_dir) / f"sub-{patient.subject}"
+    if final.exists() and not force:
+        raise OutputExistsError(f"{final}: a result is already there; use --force to redo it")
+    prepared, lesion_maps, measures, methods = [], [], [], [preprocess.METHODS, register.METHODS]
+    for visit in patient.visits:
+        started = time.time()
+        progress(f"sub-{patient.subject} ses-{visit.session}: preprocessing")
+        ready = prepare_visit(visit, params, resources)
+        progress(f"sub-{patient.subject} ses-{visit.session}: segmenting lesions")
+        probability, segment_methods = segment.segment_visit(ready, params.segment, model=resources.model)
+        lesion_map = lesions.label_lesions(probability, visit.session, params.segment, params.lesions)
+        measures.append(atrophy.cross_sectional(
+            visit.session, visit.date, ready.t1_on_flair, ready.brain_mask, lesion_map,
+            template_to_subject_det=_template_scale(ready, params, resources),
+            template_intracranial_ml=resources.template_intracranial_ml))
+        prepared.append(ready)
+        lesion_maps.append(lesion_map)
+        progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
+    methods += [segment_methods, lesions.METHODS, atrophy.METHODS]
+
+    intervals, thumbnails = [], {}
+    for first, second in interval_pairs(len(prepared)):
+        progress(f"sub-{patient.subject}: interval ses-{prepared[first].session} -> ses-{prepared[second].session}")
+        result, images = analyse_interval(prepared[first], prepared[second], lesion_maps[first],
+                                          lesion_maps[second], params)
+        intervals.append(result)
+        reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
+        thumbnails[(result.from_session, result.to_session)] = report_html.lesion_thumbnails(images, reviewed)
+
+    subject_flags = []
+    if len(prepared) == 1:
+        subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
+                                    "analysis.", "subject"))
+    files = _output_files(patient, prepared, lesion_maps, intervals)
+    model = report.build_report(
+        patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
+        lesion_files={v.session: f"ses-{v.session}/lesions.nii.gz" for v in prepared},
+        interval_files={key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
+                        if isinstance(key, tuple)})
+    texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
+             "intervals.csv": report.render_csv(model)}
+    _write_atomically(final, texts, files, force=force)
+    return final
+
+
+def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: list[LesionMap],
+                  intervals: list[IntervalResult]) -> dict:
+    """Label volumes to write, keyed by session (str) or interval (from, to); each back on the input grid."""
+    original = {visit.session: visit.flair for visit in patient.visits}
+    files: dict = {}
+    for ready, lesion_map in zip(prepared, lesion_maps):
+        native = original[ready.session].affine
+        files[ready.session] = {
+            "lesions": (f"ses-{ready.session}/lesions.nii.gz", preprocess.reorient(lesion_map.labels, native)),
+            "brain_mask": (f"ses-{ready.session}/brain_mask.nii.gz", preprocess.reorient(ready.brain_mask, native)),
+        }
+    by_session = {lesion_map.session: lesion_map for lesion_map in lesion_maps}
+    for interval in intervals:
+        folder = f"intervals/ses-{interval.from_session}_to_ses-{interval.to_session}"
+        followup = by_session[interval.to_session].labels
+        native = original[interval.to_session].affine
+        files[(interval.from_session, interval.to_session)] = {
+            f"{status}_lesions": (f"{folder}/{status}_lesions.nii.gz", preprocess.reorient(
+                followup.with_data(lesions.change_labels(followup.data, interval.changes, status)), native))
+            for status in ("new", "enlarging")}
+    return files
+
+
+def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool) -> None:
+    import nibabel as nib
+
+    staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, text in texts.items():
+        (staging / name).write_text(text)
+    for group in files.values():
+        for relative, volume in group.values():
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = volume.data.astype(np.uint8 if volume.data.dtype == bool else np.int32)
+            nib.Nifti1Image(data, volume.affine).to_filename(target)
+    if final.exists():
+        if not force:
+            shutil.rmtree(staging)
+            raise OutputExistsError(f"{final}: a result appeared while this run worked; use --force to redo it")
+        retired = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        final.rename(retired)
+        staging.rename(final)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(final)
