@@ -2,8 +2,9 @@
 
 PBVC is a boundary shift integral (BSI; Freeborough & Fox 1997) with tissue-specific intensity
 normalisation (KN-BSI; Leung et al. 2010), computed on the two T1s in their halfway space:
-1. each T1 is normalised so that its CSF class mean is 0 and its WM class mean is 1 (3-class
-   k-means inside the dilated brain mask);
+1. the baseline T1 is normalised so that its CSF class mean is 0 and its WM class mean is 1
+   (3-class k-means inside the dilated brain mask); the follow-up is mapped linearly onto it
+   using medians over voxels that are pure CSF and pure tissue at both visits;
 2. the boundary region is the union of both tissue masks dilated by `boundary_width_voxels`
    minus their intersection eroded by as much: every tissue/CSF edge (cortex, sulci, ventricles);
 3. intensities are clipped to a window strictly between the CSF and GM means; the summed
@@ -38,16 +39,19 @@ def tissue_means(image: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> tuple
     if values.size < 300:
         raise InputError("brain mask too small to estimate tissue intensities")
     start = np.percentile(values, [10, 50, 90])[:, None]
-    centres, _ = kmeans2(values[:, None], start, minit="matrix", seed=seed)
-    csf, gm, wm = np.sort(centres[:, 0])
+    centres, members = kmeans2(values[:, None], start, minit="matrix", seed=seed)
+    order = np.argsort(centres[:, 0])
+    counts = np.bincount(members, minlength=3)[order]
+    if counts[2] <= counts[0]:  # in a T1 brain mask the brightest class (WM) outnumbers the darkest (CSF)
+        raise InputError("T1 contrast not recognised: the darkest tissue class is the largest inside the brain; "
+                         "is the T1w image really a T1?")
+    csf, gm, wm = centres[order, 0]
     return float(csf), float(gm), float(wm)
 
 
 def normalize_t1(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
     """T1 scaled to CSF = 0, WM = 1; returns it and the normalised GM mean."""
     csf, gm, wm = tissue_means(image, mask)
-    if not csf < gm < wm:
-        raise InputError("T1 contrast not recognised: expected CSF < GM < WM intensities inside the brain")
     normalized = (image.astype(np.float32) - csf) / (wm - csf)
     return normalized, (gm - csf) / (wm - csf)
 
@@ -64,6 +68,29 @@ def tissue_volume_ml(normalized_t1: np.ndarray, mask: np.ndarray, gm_level: floa
     return float(fraction.sum() * voxel_mm3 / 1000)
 
 
+def _match_intensities(followup: np.ndarray, baseline_normalized: np.ndarray, common_mask: np.ndarray,
+                       gm_level: float) -> np.ndarray:
+    """Follow-up T1 mapped linearly onto the normalised baseline, fitted on the same voxels.
+
+    The two reference levels are medians over voxels that are pure CSF (ventricle interiors) and
+    pure tissue at both visits, 2 voxels away from any edge: the same anatomy in both images, so
+    atrophy and partial volume cannot bias the fit (per-image k-means means can, and a 0.5 %
+    offset already moves PBVC by ~0.1 percentage point).
+    """
+    interior = ndimage.binary_erosion(common_mask, iterations=2)
+    is_tissue = baseline_normalized > gm_level / 2
+    pure_tissue = interior & ndimage.binary_erosion(is_tissue, iterations=2)
+    pure_csf = interior & ndimage.binary_erosion(~is_tissue, iterations=2)
+    if pure_csf.sum() < 100:  # no ventricles inside the mask (a phantom): use the CSF around the brain
+        pure_csf = ndimage.binary_dilation(common_mask, iterations=4) & ndimage.binary_erosion(~is_tissue, iterations=2)
+    if pure_tissue.sum() < 100 or pure_csf.sum() < 100:
+        raise InputError("too few pure CSF or tissue voxels to match T1 intensities between visits")
+    levels_base = [np.median(baseline_normalized[pure_csf]), np.median(baseline_normalized[pure_tissue])]
+    levels_follow = [np.median(followup[pure_csf]), np.median(followup[pure_tissue])]
+    scale = (levels_base[1] - levels_base[0]) / (levels_follow[1] - levels_follow[0])
+    return ((followup - levels_follow[0]) * scale + levels_base[0]).astype(np.float32)
+
+
 def measure_pbvc(baseline_t1: Volume, followup_t1: Volume, baseline_mask: Volume, followup_mask: Volume, *,
                  years: float, alignment_correlation: float, params: AtrophyParams) -> AtrophyResult:
     """PBVC between two T1s already on one halfway grid (see module docstring).
@@ -78,9 +105,8 @@ def measure_pbvc(baseline_t1: Volume, followup_t1: Volume, baseline_mask: Volume
     if baseline_t1.data.shape != followup_t1.data.shape:
         raise InputError("PBVC needs both T1s on one halfway grid")
     voxel_mm3 = baseline_t1.voxel_volume_mm3
-    base, base_gm = normalize_t1(baseline_t1.data, baseline_mask.data)
-    follow, follow_gm = normalize_t1(followup_t1.data, followup_mask.data)
-    gm_level = (base_gm + follow_gm) / 2
+    base, gm_level = normalize_t1(baseline_t1.data, baseline_mask.data)
+    follow = _match_intensities(followup_t1.data, base, baseline_mask.data & followup_mask.data, gm_level)
     base_tissue = baseline_mask.data & (base > gm_level / 2)
     follow_tissue = followup_mask.data & (follow > gm_level / 2)
     width = params.boundary_width_voxels

@@ -31,7 +31,7 @@ def main():
 
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder; each subject's results go to OUT/sub-XX/.")
 @click.option("--force", is_flag=True, help="Redo subjects whose results already exist (replaced atomically).")
 @click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -70,17 +70,35 @@ def run(input_path, out_dir, force, protocol, model_dir, quiet):
 @click.option("--seed", default=0, show_default=True, help="Seed of the first patient (then seed+1, ...).")
 @click.option("--intensity-scale", default=1000.0, show_default=True,
               help="Stored value of intensity 1.0; below ~250 images are stored as bytes (smaller files).")
+@click.option("--noise", nargs=2, type=float, default=(0.012, 0.025), show_default=True,
+              help="Range of the noise level, as a fraction of the WM intensity, drawn per visit.")
 @click.option("--quiet", is_flag=True, help="Print only the output folder.")
-def synth(out_dir, subjects, visits, seed, intensity_scale, quiet):
+def synth(out_dir, subjects, visits, seed, intensity_scale, noise, quiet):
     """Write synthetic patients with known truth as a BIDS dataset in OUT (truth in OUT/derivatives/truth)."""
     from msvol import synth as generator
 
     if visits < 1 or subjects < 1:
         raise click.BadParameter("--subjects and --visits must be at least 1")
-    settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale)
+    settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale, noise_fraction=tuple(noise))
     progress = _echo(quiet)
     for index in range(subjects):
         subject = f"{index + 1:02d}"
         progress(f"generating sub-{subject} (seed {seed + index})")
         generator.write_patient(generator.generate_patient(seed + index, settings), out_dir, subject)
+    click.echo(str(out_dir))
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for checkpoints, loss curve, weights and model card.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the rendered synthetic training cases (reused when present).")
+@click.option("--steps", default=700, show_default=True, help="Optimiser steps (resumes from a checkpoint).")
+@click.option("--seed", default=0, show_default=True, help="Seed of sampling and augmentation.")
+def train(out_dir, cache_dir, steps, seed):
+    """Train the lesion U-Net on synthetic patients (msvol synth); copy the result into msvol/models to ship it."""
+    from msvol import train as trainer
+
+    settings = trainer.TrainSettings(steps=steps, seed=seed)
+    trainer.train(out_dir, cache_dir, settings, log=lambda message: click.echo(message, err=True))
     click.echo(str(out_dir))

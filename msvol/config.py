@@ -150,20 +150,32 @@ def load_params(path: Path | None = None) -> Params:
         valid_sections = [f.name for f in dataclasses.fields(Params)]
         if section_name not in valid_sections:
             raise ConfigError(f"{path}: unknown section '{section_name}'{_suggest(section_name, valid_sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{section_name}' must be a mapping of field: value")
         section = getattr(params, section_name)
         valid_fields = {f.name: f for f in dataclasses.fields(section)}
         for key, value in (values or {}).items():
             if key not in valid_fields:
                 raise ConfigError(
                     f"{path}: unknown key '{section_name}.{key}'{_suggest(key, list(valid_fields))}")
-            default = getattr(section, key)
-            if isinstance(default, tuple):
-                value = tuple(value)
-            elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
-                raise ConfigError(f"{path}: '{section_name}.{key}' must be a number, got {value!r}")
-            values[key] = value
-        sections[section_name] = dataclasses.replace(section, **(values or {}))
+            values[key] = _coerce(path, f"{section_name}.{key}", getattr(section, key), value)
+        sections[section_name] = dataclasses.replace(section, **values)
     return dataclasses.replace(params, **sections)
+
+
+def _coerce(path, name: str, default, value):
+    """`value` converted to the type of `default`, or ConfigError (bools are not numbers here)."""
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: '{name}' must be a list, got {value!r}")
+        return tuple(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: '{name}' must be a number, got {value!r}")
+    if isinstance(default, int):
+        if float(value) != int(value):
+            raise ConfigError(f"{path}: '{name}' must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def _suggest(name: str, valid: list[str]) -> str:

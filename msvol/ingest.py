@@ -79,7 +79,7 @@ def _read_dates(subject_dir: Path, subject: str) -> dict[str, dt.date]:
     if not table.is_file():
         return {}
     dates = {}
-    with table.open(newline="") as handle:
+    with table.open(newline="", encoding="utf-8-sig") as handle:  # spreadsheet exports add a BOM
         for row in csv.DictReader(handle, delimiter="\t"):
             session = (row.get("session_id") or "").removeprefix("ses-")
             stamp = (row.get("acq_time") or "").strip()

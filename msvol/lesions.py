@@ -9,10 +9,12 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
 - enlarging / shrinking: a group whose total volume changed by at least the size-dependent
   relative threshold (small: < small_lesion_max_volume_mm3 at baseline) and the absolute one.
 - stable: a group that changed less. resolved: a baseline lesion with no follow-up partner.
-- confluent: an enlarging group whose growth includes a piece >= min_new_lesion_volume_mm3
-  lying more than 2 mm from the baseline lesion: a new lesion that joined an old one. It is
-  reported as enlarging with confluent=true, never as new, so the new-lesion count stays
-  conservative and the radiologist sees the flag.
+- confluent: a group that grew by >= min_new_lesion_volume_mm3 and whose growth includes a piece
+  that large lying more than 2 mm from the baseline lesion: a new lesion that joined an old one. It is reported as
+  enlarging with confluent=true (even when the relative growth of a large lesion stays below
+  the threshold), never as new, so the new-lesion count stays conservative and the radiologist
+  still sees it.
+- Shrinking mirrors enlarging: baseline / follow-up - 1 must reach the relative threshold.
 The reported id of a group is its smallest follow-up label (resolved: above all follow-up labels).
 """
 
@@ -135,8 +137,11 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
             status = "resolved"
         else:
             status = classify_change(base_mm3, follow_mm3, params)
-        confluent = status == "enlarging" and _has_distant_growth(
+        grew_by_a_lesion = bool(base_labels) and follow_mm3 - base_mm3 >= params.min_new_lesion_volume_mm3
+        confluent = bool(follow_labels) and grew_by_a_lesion and _has_distant_growth(
             np.isin(baseline_halfway, base_labels), np.isin(followup_halfway, follow_labels), voxel_mm3, params)
+        if confluent:
+            status = "enlarging"  # a new lesion joined this one: never hide it as 'stable
         reference = [follow_by_label[f] for f in follow_labels] or [base_by_label[b] for b in base_labels]
         weights = np.array([lesion.volume_mm3 for lesion in reference])
         centroid = tuple(float(c) for c in np.average([lesion.centroid_mm for lesion in reference], axis=0,

@@ -13,6 +13,7 @@ only when complete, so a killed run leaves no half report; an existing result is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -46,6 +47,15 @@ class Resources:
         template = Volume(maps["t1"], affine, "T1w")
         icv_ml = float(maps["intracranial"].sum() * abs(np.linalg.det(affine[:3, :3])) / 1000)
         return cls(segment.load_model(model_dir), preprocess.load_brain_extractor(), template, icv_ml)
+
+
+@contextlib.contextmanager
+def _timed(timings: dict | None, stage: str):
+    """Add the block's wall time to timings[stage] (for `make bench`)."""
+    started = time.perf_counter()
+    yield
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
 def prepare_visit(visit: Visit, params: Params, resources: Resources) -> PreparedVisit:
@@ -130,10 +140,11 @@ def interval_pairs(count: int) -> list[tuple[int, int]]:
 
 
 def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Resources, *, force: bool = False,
-                progress: Progress = lambda message: None) -> Path:
+                progress: Progress = lambda message: None, timings: dict | None = None) -> Path:
     """Analyse one patient and write OUT/sub-XX atomically; returns that folder.
 
-    Raises OutputExistsError when OUT/sub-XX exists and `force` is False.
+    `timings`, when given, receives the wall seconds spent per stage. Raises OutputExistsError
+    when OUT/sub-XX exists and `force` is False.
     """
     final = Path(out_dir) / f"sub-{patient.subject}"
     if final.exists() and not force:
@@ -142,14 +153,17 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     for visit in patient.visits:
         started = time.time()
         progress(f"sub-{patient.subject} ses-{visit.session}: preprocessing")
-        ready = prepare_visit(visit, params, resources)
+        with _timed(timings, "preprocess and within-visit registration"):
+            ready = prepare_visit(visit, params, resources)
         progress(f"sub-{patient.subject} ses-{visit.session}: segmenting lesions")
-        probability, segment_methods = segment.segment_visit(ready, params.segment, model=resources.model)
-        lesion_map = lesions.label_lesions(probability, visit.session, params.segment, params.lesions)
-        measures.append(atrophy.cross_sectional(
-            visit.session, visit.date, ready.t1_on_flair, ready.brain_mask, lesion_map,
-            template_to_subject_det=_template_scale(ready, params, resources),
-            template_intracranial_ml=resources.template_intracranial_ml))
+        with _timed(timings, "segment"):
+            probability, segment_methods = segment.segment_visit(ready, params.segment, model=resources.model)
+            lesion_map = lesions.label_lesions(probability, visit.session, params.segment, params.lesions)
+        with _timed(timings, "cross-sectional volumes"):
+            measures.append(atrophy.cross_sectional(
+                visit.session, visit.date, ready.t1_on_flair, ready.brain_mask, lesion_map,
+                template_to_subject_det=_template_scale(ready, params, resources),
+                template_intracranial_ml=resources.template_intracranial_ml))
         prepared.append(ready)
         lesion_maps.append(lesion_map)
         progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
@@ -158,11 +172,13 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     intervals, thumbnails = [], {}
     for first, second in interval_pairs(len(prepared)):
         progress(f"sub-{patient.subject}: interval ses-{prepared[first].session} -> ses-{prepared[second].session}")
-        result, images = analyse_interval(prepared[first], prepared[second], lesion_maps[first],
-                                          lesion_maps[second], params)
+        with _timed(timings, "interval: halfway registration, lesion matching, PBVC"):
+            result, images = analyse_interval(prepared[first], prepared[second], lesion_maps[first],
+                                              lesion_maps[second], params)
         intervals.append(result)
         reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
-        thumbnails[(result.from_session, result.to_session)] = report_html.lesion_thumbnails(images, reviewed)
+        with _timed(timings, "report"):
+            thumbnails[(result.from_session, result.to_session)] = report_html.lesion_thumbnails(images, reviewed)
 
     subject_flags = []
     if len(prepared) == 1:
@@ -174,9 +190,10 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         lesion_files={v.session: f"ses-{v.session}/lesions.nii.gz" for v in prepared},
         interval_files={key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
                         if isinstance(key, tuple)})
-    texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
-             "intervals.csv": report.render_csv(model)}
-    _write_atomically(final, texts, files, force=force)
+    with _timed(timings, "report"):
+        texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
+                 "intervals.csv": report.render_csv(model)}
+        _write_atomically(final, texts, files, force=force)
     return final
 
 
@@ -204,19 +221,15 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
 
 
 def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool) -> None:
-    import nibabel as nib
-
+    """Write everything into a hidden staging folder, then rename it to `final` in one step."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name, text in texts.items():
-        (staging / name).write_text(text)
-    for group in files.values():
-        for relative, volume in group.values():
-            target = staging / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = volume.data.astype(np.uint8 if volume.data.dtype == bool else np.int32)
-            nib.Nifti1Image(data, volume.affine).to_filename(target)
+    try:
+        _write_files(staging, texts, files)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if final.exists():
         if not force:
             shutil.rmtree(staging)
@@ -227,3 +240,16 @@ def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force:
         shutil.rmtree(retired)
     else:
         staging.rename(final)
+
+
+def _write_files(staging: Path, texts: dict[str, str], files: dict) -> None:
+    import nibabel as nib
+
+    for name, text in texts.items():
+        (staging / name).write_text(text)
+    for group in files.values():
+        for relative, volume in group.values():
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = volume.data.astype(np.uint8 if volume.data.dtype == bool else np.int32)
+            nib.Nifti1Image(data, volume.affine).to_filename(target)

@@ -108,7 +108,8 @@ def resample(volume: Volume, pull: Rigid, shape: tuple[int, int, int], affine: n
     order 0 for labels, 1 for images; a boolean mask is interpolated linearly and thresholded at
     0.5 (less jagged than nearest neighbour).
     """
-    voxel_map = np.linalg.inv(volume.affine) @ pull.matrix @ affine
+    # Round off 1e-15 residues of inv(A) @ A: 'constant' mode would drop a face sample at -1e-15.
+    voxel_map = np.round(np.linalg.inv(volume.affine) @ pull.matrix @ affine, 9)
     is_mask = volume.data.dtype == bool
     source = volume.data.astype(np.float32) if is_mask else volume.data
     data = ndimage.affine_transform(source, voxel_map[:3, :3], voxel_map[:3, 3], output_shape=tuple(shape),

@@ -66,7 +66,7 @@ def load_model(model_dir: Path | None = None):
         card = json.loads(card_path.read_text())
         network = build_network(card.get("architecture"))
         network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    except (json.JSONDecodeError, RuntimeError, KeyError) as exc:
+    except Exception as exc:  # torch raises many types (OSError, UnpicklingError, RuntimeError) for bad files
         raise ModelError(f"{weights_path}: cannot load the model ({exc})") from exc
     network.eval()
     return network, card

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny volumes on a known affine, and spheres at known centres.
+
+The fixtures return factories (session scope, so hypothesis tests may use them too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msvol.datatypes import Volume
+
+
+def _affine(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Axis-aligned RAS+ affine: voxel (i, j, k) -> origin + spacing * (i, j, k) mm."""
+    affine = np.diag([*map(float, spacing), 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def _ball(shape, centre, radius) -> np.ndarray:
+    """Boolean mask of the voxels whose centre lies within `radius` voxels of `centre` (inclusive)."""
+    axes = np.ogrid[tuple(slice(0, n) for n in shape)]
+    distance2 = sum((axis - float(c)) ** 2 for axis, c in zip(axes, centre))
+    return distance2 <= float(radius) ** 2
+
+
+def _volume(data, affine=None, kind="probability") -> Volume:
+    return Volume(np.asarray(data), _affine() if affine is None else np.asarray(affine, float), kind)
+
+
+@pytest.fixture(scope="session")
+def make_affine():
+    return _affine
+
+
+@pytest.fixture(scope="session")
+def ball():
+    return _ball
+
+
+@pytest.fixture(scope="session")
+def make_volume():
+    return _volume

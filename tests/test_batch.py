@@ -1,0 +1,135 @@
+"""Tests for batch: one broken exam never stops the run; crashes leave a traceback; results are kept.
+
+The pipeline itself is replaced (monkeypatch) so only the bookkeeping of run_batch is tested.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msvol import pipeline
+from msvol.batch import run_batch
+from msvol.config import Params
+from msvol.datatypes import Patient
+from test_ingest import image_path, write_subject
+
+DUMMY_RESOURCES = object()
+
+
+@pytest.fixture
+def bids(tmp_path) -> Path:
+    """sub-01 is broken (ses-02 has no T1w); sub-02 is a valid one-visit subject."""
+    root = tmp_path / "bids"
+    broken = write_subject(root, "01", dates={"01": "2020-01-15", "02": "2021-01-20"})
+    image_path(broken, "02", "T1w").unlink()
+    write_subject(root, "02", dates={"01": "2020-03-01"})
+    return root
+
+
+@pytest.fixture
+def calls(monkeypatch) -> dict:
+    """Replace Resources.load and run_patient; record what they were given."""
+    record = {"load": [], "run": []}
+
+    def load(model_dir=None):
+        record["load"].append(model_dir)
+        return DUMMY_RESOURCES
+
+    monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
+    return record
+
+
+def crash_in_run_patient(record):
+    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None):
+        record["run"].append((patient, resources, force))
+        raise RuntimeError(f"simulated failure for sub-{patient.subject}")
+    return run_patient
+
+
+def succeed_in_run_patient(record):
+    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None):
+        record["run"].append((patient, resources, force))
+        folder = Path(out_dir) / f"sub-{patient.subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return run_patient
+
+
+def test_broken_subject_is_set_aside_and_a_crash_does_not_stop_the_batch(bids, tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_patient", crash_in_run_patient(calls))
+    out = tmp_path / "out"
+    messages = []
+    summary = run_batch(bids, out, Params(), progress=messages.append)
+
+    assert summary.done == [] and summary.skipped == []
+    assert [name for name, _ in summary.set_aside] == ["sub-01"]
+    reason = summary.set_aside[0][1]
+    assert str(bids / "sub-01" / "ses-02" / "anat") in reason and "T1w" in reason
+
+    assert [name for name, _ in summary.crashed] == ["sub-02"]
+    crash = summary.crashed[0][1]
+    assert crash.parent == out / "crashes" and crash.is_file()
+    text = crash.read_text()
+    assert "Traceback (most recent call last)" in text
+    assert "RuntimeError: simulated failure for sub-02" in text
+
+    # the valid subject reached the pipeline with a loaded patient and the shared resources
+    assert len(calls["run"]) == 1
+    patient, resources, force = calls["run"][0]
+    assert isinstance(patient, Patient) and patient.subject == "02" and len(patient.visits) == 1
+    assert resources is DUMMY_RESOURCES and force is False
+    assert calls["load"] == [None]
+    assert any("sub-01" in message and "set aside" in message for message in messages)
+    assert any(str(crash) in message for message in messages)
+
+
+def test_resources_are_loaded_once_for_all_subjects(bids, tmp_path, calls, monkeypatch):
+    write_subject(bids, "03", dates={"01": "2020-03-01"})
+    monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
+    model_dir = tmp_path / "model"
+    summary = run_batch(bids, tmp_path / "out", Params(), model_dir=model_dir)
+    assert summary.done == [tmp_path / "out" / "sub-02", tmp_path / "out" / "sub-03"]
+    assert calls["load"] == [model_dir]
+
+
+def test_no_resources_are_loaded_when_every_subject_is_bad(bids, tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
+    summary = run_batch(bids / "sub-01", tmp_path / "out", Params())
+    assert [name for name, _ in summary.set_aside] == ["sub-01"]
+    assert calls["load"] == [] and calls["run"] == []
+
+
+def test_existing_result_is_skipped_without_force(bids, tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
+    out = tmp_path / "out"
+    (out / "sub-02").mkdir(parents=True)
+    (out / "sub-01").mkdir()  # skipped before ingest, even though its input is broken
+    summary = run_batch(bids, out, Params())
+    assert summary.skipped == ["sub-01", "sub-02"]
+    assert summary.done == [] and summary.set_aside == [] and summary.crashed == []
+    assert calls["run"] == [] and calls["load"] == []
+
+
+def test_existing_result_is_redone_with_force(bids, tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
+    out = tmp_path / "out"
+    (out / "sub-02").mkdir(parents=True)
+    summary = run_batch(bids, out, Params(), force=True)
+    assert summary.done == [out / "sub-02"]
+    assert [name for name, _ in summary.set_aside] == ["sub-01"]
+    assert [(patient.subject, force) for patient, _, force in calls["run"]] == [("02", True)]
+
+
+def test_model_error_while_loading_resources_sets_the_subject_aside(bids, tmp_path, monkeypatch):
+    from msvol.errors import ModelError
+
+    def load(model_dir=None):
+        raise ModelError("models/lesion_unet.pt: model file missing")
+
+    monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
+    summary = run_batch(bids, tmp_path / "out", Params())
+    assert [name for name, _ in summary.set_aside] == ["sub-01", "sub-02"]
+    assert "lesion_unet.pt" in summary.set_aside[1][1]
+    assert summary.crashed == []
