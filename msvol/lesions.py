@@ -166,7 +166,7 @@ def _has_distant_growth(baseline_mask, followup_mask, voxel_mm3, params: LesionP
         return False
     pieces, count = ndimage.label(far, structure=_structure(26))
     largest = np.bincount(pieces.ravel())[1:].max()
-    return largest * voxel_mm3 >= params.min_new_lesion_volume_mm3
+    return bool(largest * voxel_mm3 >= params.min_new_lesion_volume_mm3)  # a numpy bool breaks json
 
 
 def change_labels(followup_labels: np.ndarray, changes: tuple[LesionChange, ...], status: str) -> np.ndarray:

@@ -318,6 +318,7 @@ def test_new_blob_touching_an_old_one_is_confluent_enlarging(ball, affine):
     assert statuses(changes) == ["enlarging", "stable"]
     (grown,) = [c for c in changes if c.status == "enlarging"]
     assert grown.confluent and not grown.merged and not grown.split
+    assert type(grown.confluent) is bool  # regression: a numpy bool made report.json unserialisable
     assert grown.followup_volume_mm3 == pytest.approx(spheres(ball, A, touching).sum())
 
 
