@@ -52,7 +52,9 @@ def _evaluate(subject_out: Path, truth_dir: Path, subject: str) -> dict:
     truth_after = _load(truth_dir / f"sub-{subject}_ses-{after}_lesions.nii.gz")
     predicted_new = _load(subject_out / "intervals" / f"ses-{before}_to_ses-{after}" / "new_lesions.nii.gz")
     truth_new_ids = [int(k) for k, fate in interval["fates"].items() if fate == "new"]
-    detected = sum(bool((predicted_new[truth_after == lesion_id] > 0).any()) for lesion_id in truth_new_ids)
+    hits = {lesion_id: bool((predicted_new[truth_after == lesion_id] > 0).any()) for lesion_id in truth_new_ids}
+    volumes = {lesion_id: int((truth_after == lesion_id).sum()) for lesion_id in truth_new_ids}  # 1 mm voxels
+    detected = sum(hits.values())
     truth_new_mask = np.isin(truth_after, truth_new_ids)
     false_new = sum(not truth_new_mask[predicted_new == label].any() for label in np.unique(predicted_new)[1:])
     report = json.loads((subject_out / "report.json").read_text())
@@ -67,6 +69,9 @@ def _evaluate(subject_out: Path, truth_dir: Path, subject: str) -> dict:
             found += bool(predicted[truth_labels == lesion_id].any())
     measured = report["intervals"][0]
     return {"subject": subject, "truth_new": len(truth_new_ids), "detected_new": detected, "false_new": false_new,
+            "truth_new_30": sum(v >= 30 for v in volumes.values()),
+            "detected_new_30": sum(hits[i] for i, v in volumes.items() if v >= 30),
+            "missed_new_mm3": sorted(volumes[i] for i, hit in hits.items() if not hit),
             "reported_new": measured["counts"]["new"], "pbvc_true": interval["pbvc_percent"],
             "pbvc_measured": measured["pbvc_percent"], "alignment": measured["alignment_correlation"],
             "dice": float(np.mean(dice)), "lesions_found": found, "lesions_total": total}
@@ -132,7 +137,9 @@ def _write(args, rows, stage_totals, load_seconds, peak_gb) -> None:
         f"- Peak resident memory of the process: {peak_gb:.2f} GB (target < 6 GB).",
         f"- New-lesion sensitivity: {sum(r['detected_new'] for r in rows)}/{truth_new} = "
         f"{sum(r['detected_new'] for r in rows) / max(truth_new, 1):.2f}; false new lesions per pair: "
-        f"{sum(r['false_new'] for r in rows) / count:.2f}.",
+        f"{sum(r['false_new'] for r in rows) / count:.2f}. For new lesions of 30 mm3 and larger: "
+        f"{sum(r['detected_new_30'] for r in rows)}/{sum(r['truth_new_30'] for r in rows)}. Missed new lesions "
+        f"measured {sorted(v for r in rows for v in r['missed_new_mm3'])} mm3.",
         f"- PBVC error (measured - true), percentage points: mean {errors.mean():+.3f}, mean absolute "
         f"{np.abs(errors).mean():.3f}, max absolute {np.abs(errors).max():.3f} (target < 0.2).",
         f"- Per-visit lesion Dice: mean {np.mean([r['dice'] for r in rows]):.3f}; lesion-wise detection "

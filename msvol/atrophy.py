@@ -118,7 +118,7 @@ def measure_pbvc(baseline_t1: Volume, followup_t1: Volume, baseline_mask: Volume
     baseline_ml = tissue_volume_ml(base, baseline_mask.data, gm_level, voxel_mm3)
     pbvc = -100 * boundary_shift_ml / baseline_ml
     annualized = pbvc / years if years >= params.min_years_for_annualized else None
-    return AtrophyResult(pbvc, annualized, years, alignment_correlation, boundary_shift_ml, METHODS)
+    return AtrophyResult(pbvc, annualized, years, alignment_correlation, boundary_shift_ml)
 
 
 def cross_sectional(session: str, date, t1: Volume, brain_mask: Volume, lesions: LesionMap, *,

@@ -108,7 +108,6 @@ class PreparedVisit:
     t1_on_flair: Volume  # T1 resampled once onto the FLAIR grid
     brain_mask: Volume  # on the FLAIR grid
     acquisition: Acquisition
-    methods: str = ""
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,6 @@ class AtrophyResult:
     years: float
     alignment_correlation: float
     boundary_shift_ml: float
-    methods: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Registration: fit rigid/affine maps (SimpleITK), build halfway spaces, resample once.
 
-Fit, then apply: `fit_rigid` and `fit_affine` only estimate; `resample` is the one function
+Fit, then apply: `fit_rigid` (rigid, or affine on request) only estimates; `resample` is the one function
 that interpolates, always from a volume's own native grid, so interpolations are never chained
 (compose `Rigid` maps instead). Maps are RAS+ mm, target -> source ("pull"), see datatypes.
 

@@ -13,8 +13,8 @@ scanner voxel -> scanner mm -> subject mm (undo head pose) -> pre-atrophy subjec
 -> template voxel (patient affine + smooth deformation).
 
 Truth: the true PBVC is the change of the summed GM+WM fractions actually rendered on the
-scanner grids; a lesion's fate follows from its scale at the two visits (volume ratio >= 1.9
-or <= 0.5 by construction, never ambiguous).
+scanner grids; a lesion's fate follows from its scale at the two visits (each enlargement multiplies the
+volume by ~2.3, each shrinkage by ~0.47: never near a threshold).
 """
 
 from __future__ import annotations
@@ -28,15 +28,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from msvol.atlas import load_mni
+from msvol.config import LesionParams
+from msvol.synth_anatomy import (GRID_SHAPE, Anatomy, apply_affine, atrophy_field, grid_points, make_anatomy,
+                                 random_rigid, rotation_matrix, sample, scanner_affine, smooth_field)
 
 GENERATOR_VERSION = "1"
-GRID_SHAPE = (184, 220, 188)  # 1 mm isotropic, whole head with margin
-# Tissue intensities (arbitrary units, WM-ish ~0.4-0.8), jittered per patient.
-FLAIR_CONTRAST = {"csf": 0.07, "gm": 0.56, "wm": 0.42, "lesion": 0.95, "skull": 0.04, "marrow": 0.3,
-                  "scalp": 0.55}
-T1_CONTRAST = {"csf": 0.12, "gm": 0.48, "wm": 0.80, "lesion": 0.36, "skull": 0.04, "marrow": 0.75,
-               "scalp": 0.9}
 SITES = ("periventricular", "deep_white_matter", "juxtacortical")
 
 
@@ -63,158 +59,6 @@ class SynthSettings:
     intensity_scale: float = 1000.0  # stored integer value of intensity 1.0 (sample_data uses less: smaller files)
 
 
-# ----------------------------------------------------------------------------- template
-
-def _smooth_field(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
-    """Unit-variance Gaussian random field, smooth on the scale `sigma` voxels."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return field / (field.std() + 1e-8)
-
-
-def _head_layers(maps: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Add an extra CSF rim, skull (with marrow) and scalp around the intracranial mask."""
-    pad = 22
-    padded = {k: np.pad(v, pad) for k, v in maps.items()}
-    outside = ndimage.distance_transform_edt(padded["intracranial"] < 0.5).astype(np.float32)
-    wobble = 1.2 * _smooth_field(rng, outside.shape, 8)  # uneven layer thickness, mm
-
-    def ramp(distance):  # partial-volume edge one voxel wide
-        return np.clip(outside - distance - wobble + 0.5, 0, 1)
-
-    rim, skull_in, marrow_in, marrow_out, skull_out, scalp_out = (ramp(d) for d in (0, 2.5, 4.5, 6.5, 8.5, 14))
-    padded["csf"] = padded["csf"] + (1 - padded["intracranial"]) * (1 - skull_in) * (outside > 0)
-    padded["skull"] = (skull_in - marrow_in) + (marrow_out - skull_out)
-    padded["marrow"] = marrow_in - marrow_out
-    padded["scalp"] = skull_out - scalp_out
-    del rim
-    return padded
-
-
-# ----------------------------------------------------------------------------- geometry
-
-def _rotation(angles_deg) -> np.ndarray:
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _rigid(rng, max_rotation_deg, max_translation_mm, centre) -> np.ndarray:
-    """4x4 rigid map rotating about `centre`."""
-    rotation = _rotation(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = centre - rotation @ centre + rng.uniform(-max_translation_mm, max_translation_mm, 3)
-    return matrix
-
-
-def scanner_affine(shape=GRID_SHAPE) -> np.ndarray:
-    """The scanner grid: 1 mm RAS, centred on the origin."""
-    affine = np.eye(4)
-    affine[:3, 3] = -(np.array(shape) - 1) / 2.0
-    return affine
-
-
-def _grid_points(shape, affine) -> np.ndarray:
-    """World mm coordinates of every voxel, shape (3, *shape), float32."""
-    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    points = affine[:3, :3].astype(np.float32) @ idx + affine[:3, 3:4].astype(np.float32)
-    return points.reshape(3, *shape)
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    flat = points.reshape(3, -1)
-    out = matrix[:3, :3].astype(np.float32) @ flat + matrix[:3, 3:4].astype(np.float32)
-    return out.reshape(points.shape)
-
-
-def _sample(volume: np.ndarray, voxel_coords: np.ndarray, order: int = 1) -> np.ndarray:
-    return ndimage.map_coordinates(volume, voxel_coords, order=order, mode="constant", cval=0.0,
-                                   prefilter=False)
-
-
-@dataclass(frozen=True, eq=False)
-class _Anatomy:
-    """A patient's anatomy: template arrays and the map from subject mm to template voxels."""
-
-    images: dict  # template-space FLAIR/T1 (pre-lesion), tissue fraction, intracranial
-    template_affine: np.ndarray
-    subject_to_template: np.ndarray  # 4x4, subject mm -> template voxel (before deformation)
-    deformation: np.ndarray  # (3, *coarse) in template voxels, on a 4 mm subject grid
-    deformation_affine: np.ndarray  # coarse grid voxel -> subject mm
-    atrophy_field: np.ndarray | None = None  # (3, *GRID_SHAPE) mm, displacement per 1 % tissue loss
-
-    def to_template_voxels(self, subject_points: np.ndarray) -> np.ndarray:
-        coarse = _apply(np.linalg.inv(self.deformation_affine), subject_points)
-        template = _apply(self.subject_to_template, subject_points)
-        for axis in range(3):
-            template[axis] += _sample(self.deformation[axis], coarse, order=1)
-        return template
-
-
-def _make_anatomy(rng: np.random.Generator, settings: SynthSettings) -> _Anatomy:
-    maps, template_affine = load_mni()
-    layers = _head_layers(maps, rng)
-    pad_shift = np.eye(4)
-    pad_shift[:3, 3] = -22  # padded voxel i is original voxel i - 22
-    template_affine = template_affine @ pad_shift
-
-    flair_c = {k: v * (1 + rng.uniform(-1, 1) * settings.contrast_jitter) for k, v in FLAIR_CONTRAST.items()}
-    t1_c = {k: v * (1 + rng.uniform(-1, 1) * settings.contrast_jitter) for k, v in T1_CONTRAST.items()}
-    texture = 1 + 0.03 * _smooth_field(rng, layers["gm"].shape, 1.2) + 0.04 * _smooth_field(rng, layers["gm"].shape, 6)
-    tissues = ("csf", "gm", "wm", "skull", "marrow", "scalp")
-    flair = sum(flair_c[t] * layers[t] for t in tissues) * texture
-    t1 = sum(t1_c[t] * layers[t] for t in tissues) * texture
-    images = {"flair": flair.astype(np.float32), "t1": t1.astype(np.float32),
-              "tissue": np.clip(layers["gm"] + layers["wm"], 0, 1).astype(np.float32),
-              "wm": layers["wm"], "gm": layers["gm"], "csf": layers["csf"],
-              "intracranial": layers["intracranial"],
-              "flair_lesion": np.float32(flair_c["lesion"]), "t1_lesion": np.float32(t1_c["lesion"])}
-
-    # Patient affine: subject mm -> template mm (random size and small shear), template brain
-    # centred on the subject origin.
-    scale = np.diag(rng.uniform(0.94, 1.05, 3))
-    shear = np.eye(3) + np.triu(rng.uniform(-0.03, 0.03, (3, 3)), 1)
-    linear = np.linalg.inv(scale @ shear)
-    brain_centre_vox = np.array(ndimage.center_of_mass(layers["intracranial"]))
-    brain_centre_mm = template_affine[:3, :3] @ brain_centre_vox + template_affine[:3, 3]
-    subject_to_template_mm = np.eye(4)
-    subject_to_template_mm[:3, :3] = linear
-    subject_to_template_mm[:3, 3] = brain_centre_mm + np.array([0, 0, 10.0])
-    subject_to_template = np.linalg.inv(template_affine) @ subject_to_template_mm
-
-    coarse_shape = tuple(int(np.ceil(s / 4)) + 2 for s in GRID_SHAPE)
-    deformation_affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    deformation_affine[:3, 3] = scanner_affine()[:3, 3] - 4
-    deformation = np.stack([2.5 * _smooth_field(rng, coarse_shape, 4) for _ in range(3)]).astype(np.float32)
-    return _Anatomy(images, template_affine, subject_to_template, deformation, deformation_affine)
-
-
-def _atrophy_field(anatomy: _Anatomy, affine: np.ndarray, intracranial: np.ndarray) -> np.ndarray:
-    """Displacement (mm) whose divergence is -1 % in tissue and balancing growth in intracranial CSF.
-
-    Solves Laplace(phi) = g by FFT and returns grad(phi): a curl-free field with div u = g, so the
-    local volume change is g (first order). Sum(g) = 0, so the skull barely moves. The truth PBVC
-    is measured on what is rendered, not taken from g.
-    """
-    tissue = _sample(anatomy.images["tissue"], anatomy.to_template_voxels(_grid_points(GRID_SHAPE, affine)))
-    csf = np.clip(intracranial - tissue, 0, 1).astype(np.float64)
-    tissue = tissue.astype(np.float64)
-    # g = -a*tissue + b*csf with sum(g) = 0; `a` chosen so that sum(tissue * g) = -1 % of the tissue,
-    # since partial-volume voxels (tissue and CSF) would otherwise cancel much of the loss.
-    growth = tissue.sum() / csf.sum()
-    strength = 0.01 * tissue.sum() / ((tissue ** 2).sum() - growth * (tissue * csf).sum())
-    source = strength * (growth * csf - tissue)
-    frequencies = np.meshgrid(*[2 * np.pi * np.fft.fftfreq(n) for n in GRID_SHAPE[:2]],
-                              2 * np.pi * np.fft.rfftfreq(GRID_SHAPE[2]), indexing="ij")
-    laplacian = -sum(f ** 2 for f in frequencies)
-    laplacian[0, 0, 0] = 1.0
-    potential = np.fft.rfftn(source) / laplacian
-    potential[0, 0, 0] = 0
-    return np.stack([np.fft.irfftn(1j * f * potential, GRID_SHAPE) for f in frequencies]).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- lesions
 
 @dataclass(frozen=True)
@@ -234,7 +78,7 @@ def _lesion_shape(rng, lesion_id, site, centre_mm, volume_mm3) -> _LesionShape:
         if site == "periventricular":
             axes[2] *= 1.4  # ovoid, perpendicular-ish to the ventricles (Dawson's fingers)
         offset = np.zeros(3) if index == 0 else rng.normal(0, 0.5 * radius, 3)
-        blobs.append((offset, axes, _rotation(rng.uniform(-90, 90, 3))))
+        blobs.append((offset, axes, rotation_matrix(rng.uniform(-90, 90, 3))))
     bound = max(np.linalg.norm(o) + a.max() for o, a, _ in blobs)
     return _LesionShape(lesion_id, site, centre_mm, tuple(blobs), float(bound))
 
@@ -249,14 +93,14 @@ def _render_lesion(shape: _LesionShape, scale: float, points: np.ndarray, rng_no
     return inside
 
 
-def _candidate_centres(anatomy: _Anatomy, affine: np.ndarray) -> dict[str, np.ndarray]:
+def _candidate_centres(anatomy: Anatomy, affine: np.ndarray) -> dict[str, np.ndarray]:
     """Subject-space voxel indices suitable for each lesion site."""
-    points = _grid_points(GRID_SHAPE, affine)
+    points = grid_points(GRID_SHAPE, affine)
     template_vox = anatomy.to_template_voxels(points)
-    wm = _sample(anatomy.images["wm"], template_vox)
-    gm = _sample(anatomy.images["gm"], template_vox)
-    csf = _sample(anatomy.images["csf"], template_vox)
-    intracranial = _sample(anatomy.images["intracranial"], template_vox) > 0.5
+    wm = sample(anatomy.images["wm"], template_vox)
+    gm = sample(anatomy.images["gm"], template_vox)
+    csf = sample(anatomy.images["csf"], template_vox)
+    intracranial = sample(anatomy.images["intracranial"], template_vox) > 0.5
     depth = ndimage.distance_transform_edt(intracranial)
     ventricles = (csf > 0.5) & (depth > 18)
     to_ventricle = ndimage.distance_transform_edt(~ventricles)
@@ -339,7 +183,7 @@ def _render_lesion_labels(plan: _Plan, visit: int, wm: np.ndarray, affine: np.nd
         idx = np.indices(high - low).reshape(3, -1) + low[:, None]
         points = affine[:3, :3] @ idx + affine[:3, 3:4]
         # The same irregularity field at every visit (seeded by lesion), so growth keeps the shape.
-        noise = _smooth_field(np.random.default_rng([seed, shape.id]), tuple(high - low), 1.5).reshape(-1)
+        noise = smooth_field(np.random.default_rng([seed, shape.id]), tuple(high - low), 1.5).reshape(-1)
         inside = _render_lesion(shape, scale, points, noise).reshape(high - low)
         region = labels[box]
         region[inside & (wm[box] > 0.35)] = shape.id
@@ -356,20 +200,20 @@ def _render_visit(anatomy, plan, visit, lesion_labels, pose, rng, settings, t1_m
     subject_vox = np.linalg.inv(affine)
     outputs = {}
     for name, extra in (("flair", np.eye(4)), ("t1", t1_motion)):
-        points = _apply(np.linalg.inv(pose @ extra), _grid_points(GRID_SHAPE, affine))
+        points = apply_affine(np.linalg.inv(pose @ extra), grid_points(GRID_SHAPE, affine))
         # Atrophy pre-image: tissue shrinks and CSF grows (the displacement field's divergence is
         # negative in tissue, positive in CSF), so ventricles and sulci widen as in real atrophy.
-        displacement = np.stack([_sample(component, _apply(subject_vox, points))
+        displacement = np.stack([sample(component, apply_affine(subject_vox, points))
                                  for component in anatomy.atrophy_field])
         points = points - loss_percent * displacement
         template_vox = anatomy.to_template_voxels(points)
-        subject_idx = _apply(subject_vox, points)
-        lesion = _sample((lesion_labels > 0).astype(np.float32), subject_idx)
-        image = _sample(anatomy.images[name], template_vox)
+        subject_idx = apply_affine(subject_vox, points)
+        lesion = sample((lesion_labels > 0).astype(np.float32), subject_idx)
+        image = sample(anatomy.images[name], template_vox)
         image = image * (1 - lesion) + anatomy.images[f"{name}_lesion"] * lesion
         if name == "flair":
-            outputs["tissue"] = _sample(anatomy.images["tissue"], template_vox)
-            outputs["labels"] = np.where(lesion >= 0.5, _sample(lesion_labels, subject_idx, order=0), 0)
+            outputs["tissue"] = sample(anatomy.images["tissue"], template_vox)
+            outputs["labels"] = np.where(lesion >= 0.5, sample(lesion_labels, subject_idx, order=0), 0)
             outputs["brain"] = outputs["tissue"] >= 0.5
         outputs[name] = _acquire(image, rng, settings)
     return outputs
@@ -398,19 +242,19 @@ def generate_patient(seed: int, settings: SynthSettings = SynthSettings()) -> di
     Deterministic for a given seed and settings.
     """
     rng = np.random.default_rng(seed)
-    anatomy = _make_anatomy(rng, settings)
+    anatomy = make_anatomy(rng, settings.contrast_jitter)
     affine = scanner_affine()
     candidates, wm_subject = _candidate_centres(anatomy, affine)
-    intracranial = _sample(anatomy.images["intracranial"],
-                           anatomy.to_template_voxels(_grid_points(GRID_SHAPE, affine))) > 0.5
-    anatomy = dataclasses.replace(anatomy, atrophy_field=_atrophy_field(anatomy, affine, intracranial))
+    intracranial = sample(anatomy.images["intracranial"],
+                           anatomy.to_template_voxels(grid_points(GRID_SHAPE, affine))) > 0.5
+    anatomy = dataclasses.replace(anatomy, atrophy_field=atrophy_field(anatomy, affine, intracranial))
     plan = _plan(rng, settings, candidates, affine)
 
     visits = []
     head_centre = np.zeros(3)
     for visit in range(settings.n_visits):
-        pose = _rigid(rng, settings.max_rotation_deg, settings.max_translation_mm, head_centre)
-        t1_motion = _rigid(rng, 1.0, 1.0, head_centre)
+        pose = random_rigid(rng, settings.max_rotation_deg, settings.max_translation_mm, head_centre)
+        t1_motion = random_rigid(rng, 1.0, 1.0, head_centre)
         lesion_labels = _render_lesion_labels(plan, visit, wm_subject, affine, seed)
         rendered = _render_visit(anatomy, plan, visit, lesion_labels, pose, rng, settings, t1_motion)
         flip = np.diag([-1.0, 1, 1, 1])  # store the T1 left-right flipped (LAS), as many converters do
@@ -423,6 +267,7 @@ def generate_patient(seed: int, settings: SynthSettings = SynthSettings()) -> di
 
 def _truth(seed, settings, plan, visits) -> dict:
     voxel_mm3 = 1.0
+    minimum_mm3 = LesionParams().min_new_lesion_volume_mm3
     lesions = []
     for shape, scales in zip(plan.shapes, plan.scales):
         per_visit = {}
@@ -448,6 +293,10 @@ def _truth(seed, settings, plan, visits) -> dict:
             ratio = (after / before) ** 3 if before > 0 else np.inf
             fates[lesion["id"]] = ("new" if before == 0 else "resolved" if after == 0 else
                                    "enlarging" if ratio > 1.5 else "shrinking" if ratio < 1 / 1.5 else "stable")
+            # A new lesion smaller than the consensus minimum (~3 mm across) is not a new lesion by
+            # definition; it stays in the label maps but is not counted (see LesionParams).
+            if fates[lesion["id"]] == "new" and lesion["visits"][visits[b]["session"]]["volume_mm3"] < minimum_mm3:
+                fates[lesion["id"]] = "new_below_minimum"
         counts = {name: sum(1 for f in fates.values() if f == name)
                   for name in ("new", "enlarging", "shrinking", "resolved", "stable")}
         years = (plan.dates[b] - plan.dates[a]).days / 365.25

@@ -24,7 +24,8 @@ STAGES = {"ingest", "preprocess", "register", "segment", "lesions", "atrophy", "
 RULES = {
     **{leaf: (LEAVES - {leaf}, set()) for leaf in LEAVES},
     **{stage: (LEAVES, set()) for stage in STAGES},
-    "synth": (LEAVES, {"pipeline", "cli"}),
+    "synth": (LEAVES | {"synth_anatomy"}, {"pipeline", "cli"}),
+    "synth_anatomy": (LEAVES, {"pipeline", "cli"}),  # synth split by responsibility (STYLE: < ~400 lines)
     "train": (LEAVES | {"segment", "synth"}, {"pipeline", "cli"}),
     "pipeline": (None, {"cli", "batch", "review"}),
     "batch": (None, {"cli"}),

