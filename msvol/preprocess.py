@@ -45,7 +45,8 @@ def correct_bias(volume: Volume, params: PreprocessParams) -> Volume:
     image = ants.from_numpy(volume.data.astype(np.float32), spacing=tuple(float(s) for s in volume.spacing_mm))
     mask = ants.from_numpy(head_mask(volume).astype(np.float32), spacing=image.spacing)
     corrected = ants.n4_bias_field_correction(image, mask=mask, shrink_factor=params.n4_shrink_factor,
-                                              convergence={"iters": [50, 50, 30], "tol": 1e-7})
+                                              convergence={"iters": list(params.n4_iterations), "tol": 1e-7},
+                                              spline_param=params.n4_spline_distance_mm or None)
     return volume.with_data(corrected.numpy().astype(np.float32))
 
 
