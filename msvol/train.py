@@ -68,7 +68,11 @@ def _transforms(settings: TrainSettings):
 
 
 def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSettings(), *, log=print) -> Path:
-    """Train, checkpointing to `out_dir`; writes weights, model card and a loss curve there."""
+    """Train, checkpointing to `out_dir`; writes weights, model card and a loss curve there.
+
+    An interrupted run resumes from its last checkpoint when called again with the same settings
+    (the one-cycle learning-rate schedule fixes the number of steps).
+    """
     import torch
     from monai.losses import DiceCELoss
 
