@@ -57,11 +57,12 @@ class RegisterParams:
         (8, 4), "voxels", "msvol choice: the affine to the MNI template only gives a head-size scale; 4 mm suffices")
     template_smoothing_mm: tuple[float, ...] = _p((4.0, 2.0), "mm", "msvol choice, paired with the pyramid")
     rigid_sampling_fraction: float = _p(
-        0.05, "fraction", "msvol choice: random MI sampling; rigid accuracy unchanged from 0.05 to 0.2 on synth")
+        0.05, "fraction", "msvol choice: 5 % random MI samples; not tuned (bench alignment correlation 0.97-0.99)")
     min_alignment_correlation: float = _p(
         0.90, "correlation",
         "msvol choice: halfway-space FLAIR correlation inside the brain; well-aligned synthetic pairs read "
-        ">= 0.95 (bench), misregistered ones < 0.8. Pairs below are flagged: PBVC not trustworthy")
+        "0.97-0.99 (make bench, sample_data); misregistered pairs have not been measured yet. Pairs below are "
+        "flagged: PBVC not trustworthy")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class SegmentParams:
         "bench/calibrate_threshold.py): 0.5 -> F1 0.94/0.83 (1 and 7 false components), 0.6 -> 0.97/0.98 (0)")
     roi_size: tuple[int, int, int] = _p((96, 96, 96), "voxels", "msvol choice: sliding-window patch, 1 mm grid")
     overlap: float = _p(0.25, "fraction", "MONAI sliding_window_inference default")
-    sw_batch_size: int = _p(2, "patches", "msvol choice: fits 2 CPU cores in < 2 GB")
+    sw_batch_size: int = _p(2, "patches", "msvol choice: with it the whole pipeline peaked at 2.0 GB (make bench)")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class LesionParams:
         5.0, "mm3", "msvol choice: components with volume >= this are kept; smaller ones are noise at 1 mm")
     match_tolerance_voxels: int = _p(
         1, "voxels", "msvol choice: baseline lesions dilated by this before the overlap test, so a 1-voxel "
-        "registration/segmentation wobble does not make a stable lesion 'new' (bench: false new per pair)")
+        "registration/segmentation wobble does not make a stable lesion 'new'; not tuned")
     min_new_lesion_volume_mm3: float = _p(
         14.0, "mm3",
         "consensus minimum of ~3 mm across (a 3 mm sphere is 14.1 mm3; MAGNIMS 2021 / DOMAIN.md); "
@@ -103,8 +104,9 @@ class LesionParams:
 class AtrophyParams:
     boundary_width_voxels: int = _p(
         2, "voxels",
-        "boundary shift integral region: union dilated and intersection eroded (Freeborough & Fox, IEEE TMI "
-        "1997, used 1 voxel); msvol uses 2 so the whole partial-volume edge is inside (bench, docs/METHODS.md)")
+        "boundary shift integral region: union dilated and intersection eroded by this (Freeborough & Fox, "
+        "IEEE TMI 1997). msvol choice 2: on synth seed 1 widths 1/2/3 gave PBVC errors -0.06/+0.13/+0.09, "
+        "-0.12/+0.12/+0.02, -0.13/+0.11/+0.01 pp (before the N4 spline change); 2 keeps the edge inside")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(

@@ -91,11 +91,12 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     def on_grid(volume: Volume, pull: Rigid) -> Volume:
         return register.resample(volume, pull, *grid)
 
-    flairs = [on_grid(baseline.flair, to_baseline), on_grid(followup.flair, to_followup)]
-    t1s = [on_grid(v.t1, v.t1_to_flair.compose(pull)) for v, pull in ((baseline, to_baseline), (followup, to_followup))]
-    masks = [on_grid(v.t1_brain_mask, v.t1_to_flair.compose(pull))
-             for v, pull in ((baseline, to_baseline), (followup, to_followup))]
-    labels = [on_grid(baseline_lesions.labels, to_baseline), on_grid(followup_lesions.labels, to_followup)]
+    pulls = ((baseline, to_baseline), (followup, to_followup))
+    flairs = [on_grid(visit.flair, pull) for visit, pull in pulls]
+    t1s = [on_grid(visit.t1, visit.t1_to_flair.compose(pull)) for visit, pull in pulls]
+    masks = [on_grid(visit.t1_brain_mask, visit.t1_to_flair.compose(pull)) for visit, pull in pulls]
+    labels = [on_grid(lesion_map.labels, pull)
+              for lesion_map, (_, pull) in zip((baseline_lesions, followup_lesions), pulls)]
     correlation = register.alignment_correlation(flairs[0].data, flairs[1].data, masks[0].data & masks[1].data)
     years = (followup.date - baseline.date).days / 365.25
     result = atrophy.measure_pbvc(t1s[0], t1s[1], masks[0], masks[1], years=years,
@@ -187,7 +188,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     files = _output_files(patient, prepared, lesion_maps, intervals)
     model = report.build_report(
         patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
-        lesion_files={v.session: f"ses-{v.session}/lesions.nii.gz" for v in prepared},
+        lesion_files={v.session: files[v.session]["lesions"][0] for v in prepared},
         interval_files={key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
                         if isinstance(key, tuple)})
     with _timed(timings, "report"):
