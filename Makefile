@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.msvol-installed
 
-.PHONY: demo test bench sample-data train clean
+.PHONY: demo test bench bench-heldout sample-data train clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,20 @@ sample-data: $(STAMP)
 	rm -rf sample_data/sub-01 sample_data/derivatives
 	$(VENV)/bin/msvol synth sample_data --subjects 1 --visits 3 --seed 7 --intensity-scale 170 --noise 0.008 0.012
 
-# Retrain the shipped lesion model from scratch on synthetic data (CPU; see docs/MODEL.md).
+# The lesion models on 2 x 7 held-out synthetic patients (in and outside the training contrasts).
+bench-heldout: $(STAMP)
+	$(PY) bench/heldout.py --contrast standard --subjects 7
+	$(PY) bench/heldout.py --contrast shifted --subjects 7
+
+# Retrain both shipped lesion models from scratch with their own configs (CPU, in parallel; docs/MODEL.md).
+# Copy build/train-*/bundle over msvol/models/lesion_* to ship the result.
+RENDER = from pathlib import Path; from msvol import train; train.render_label_cases(range($(1), 1012, 2), Path("build/labelcache"))
 train: $(STAMP)
-	$(VENV)/bin/msvol train --out build/train --cache build/cache --steps 700
+	$(PY) -c '$(call RENDER,1000)' & $(PY) -c '$(call RENDER,1001)'; wait
+	OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --config msvol/models/lesion_segmenter/configs/train.yaml \
+	  --out build/train-per-visit --cache build/labelcache & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --config msvol/models/lesion_change/configs/train.yaml \
+	  --out build/train-change --cache build/labelcache; wait
 
 clean:
 	rm -rf out build bench/work

@@ -23,7 +23,7 @@ def main(root: Path) -> None:
     resources = pipeline.Resources.load()
     for visit in ingest.load_patient(root / "sub-01").visits:
         ready = pipeline.prepare_visit(visit, params, resources)
-        probability, _ = segment.segment_visit(ready, params.segment, model=resources.model)
+        probability, _ = segment.segment_visit(ready, params.segment, resources.segmenter)
         truth_path = root / "derivatives" / "truth" / "sub-01" / f"sub-01_ses-{visit.session}_lesions.nii.gz"
         truth = np.asarray(nib.load(truth_path).dataobj)
         truth_ids = np.unique(truth)[1:]

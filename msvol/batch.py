@@ -26,7 +26,8 @@ class BatchSummary:
 
 
 def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = False,
-              model_dir: Path | None = None, progress: pipeline.Progress = lambda message: None) -> BatchSummary:
+              model_dir: Path | None = None, change_model_dir: Path | None = None,
+              progress: pipeline.Progress = lambda message: None) -> BatchSummary:
     """Run every subject found under `input_path` (a BIDS root or one sub-* folder)."""
     subjects = ingest.find_subjects(input_path)
     out_dir = Path(out_dir)
@@ -42,7 +43,7 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
             continue
         try:
             patient = ingest.load_patient(subject_dir, params.ingest)
-            resources = resources or pipeline.Resources.load(model_dir)
+            resources = resources or pipeline.Resources.load(model_dir, change_model_dir)
             summary.done.append(pipeline.run_patient(patient, out_dir, params, resources, force=force,
                                                      progress=progress))
         except OutputExistsError:

@@ -37,9 +37,11 @@ def main():
 @click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Protocol YAML whose 'params:' section overrides thresholds (see protocols/).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder with another lesion model (lesion_unet.pt + model_card.json).")
+              help="Another per-visit lesion model: a MONAI bundle folder (see docs/MODEL.md).")
+@click.option("--change-model", "change_model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Another two-visit change model: a MONAI bundle folder.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-def run(input_path, out_dir, force, protocol, model_dir, quiet):
+def run(input_path, out_dir, force, protocol, model_dir, change_model_dir, quiet):
     """Analyse every subject in INPUT (a BIDS dataset or one sub-* folder) and write reports to OUT."""
     from msvol import batch
     from msvol.config import load_params
@@ -48,7 +50,7 @@ def run(input_path, out_dir, force, protocol, model_dir, quiet):
     try:
         params = load_params(protocol)
         summary = batch.run_batch(input_path, out_dir, params, force=force, model_dir=model_dir,
-                                  progress=_echo(quiet))
+                                  change_model_dir=change_model_dir, progress=_echo(quiet))
     except MsvolError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
@@ -72,14 +74,17 @@ def run(input_path, out_dir, force, protocol, model_dir, quiet):
               help="Stored value of intensity 1.0; below ~250 images are stored as bytes (smaller files).")
 @click.option("--noise", nargs=2, type=float, default=(0.012, 0.025), show_default=True,
               help="Range of the noise level, as a fraction of the WM intensity, drawn per visit.")
+@click.option("--contrast", type=click.Choice(["standard", "shifted"]), default="standard", show_default=True,
+              help="Tissue intensities; 'shifted' lies outside the models' training ranges (robustness tests).")
 @click.option("--quiet", is_flag=True, help="Print only the output folder.")
-def synth(out_dir, subjects, visits, seed, intensity_scale, noise, quiet):
+def synth(out_dir, subjects, visits, seed, intensity_scale, noise, contrast, quiet):
     """Write synthetic patients with known truth as a BIDS dataset in OUT (truth in OUT/derivatives/truth)."""
     from msvol import synth as generator
 
     if visits < 1 or subjects < 1:
         raise click.BadParameter("--subjects and --visits must be at least 1")
-    settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale, noise_fraction=tuple(noise))
+    settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale, noise_fraction=tuple(noise),
+                                       contrast=contrast)
     progress = _echo(quiet)
     for index in range(subjects):
         subject = f"{index + 1:02d}"
@@ -89,16 +94,51 @@ def synth(out_dir, subjects, visits, seed, intensity_scale, noise, quiet):
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training settings (YAML); each shipped bundle has its own in configs/train.yaml.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for checkpoints, loss curve, weights and model card.")
+              help="Folder for checkpoints and the loss curve; the bundle goes to OUT/bundle.")
 @click.option("--cache", "cache_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for the rendered synthetic training cases (reused when present).")
-@click.option("--steps", default=700, show_default=True, help="Optimiser steps (resumes from a checkpoint).")
-@click.option("--seed", default=0, show_default=True, help="Seed of sampling and augmentation.")
-def train(out_dir, cache_dir, steps, seed):
-    """Train the lesion U-Net on synthetic patients (msvol synth); copy the result into msvol/models to ship it."""
+              help="Folder for the rendered synthetic label maps (reused when present).")
+@click.option("--task", type=click.Choice(["per_visit", "change"]), help="Which model (overrides the config).")
+@click.option("--steps", type=int, help="Optimiser steps (overrides the config).")
+@click.option("--seed", type=int, help="Seed of sampling and augmentation (overrides the config).")
+def train(config_path, out_dir, cache_dir, task, steps, seed):
+    """Train a lesion model on domain-randomised synthetic data; resumes from OUT/checkpoint.pt."""
     from msvol import train as trainer
+    from msvol.errors import MsvolError
 
-    settings = trainer.TrainSettings(steps=steps, seed=seed)
-    trainer.train(out_dir, cache_dir, settings, log=lambda message: click.echo(message, err=True))
-    click.echo(str(out_dir))
+    try:
+        settings = trainer.load_settings(config_path, task=task, steps=steps, seed=seed)
+        folder = trainer.train(out_dir, cache_dir, settings, log=lambda message: click.echo(message, err=True))
+    except MsvolError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo(str(folder))
+
+
+@main.command()
+@click.option("--pred", "pred_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="msvol output folder (OUT of msvol run).")
+@click.option("--truth", "truth_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Truth: an msvol synth dataset, or label maps laid out like OUT (see docs/MODEL.md).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the full result as JSON here.")
+def evaluate(pred_dir, truth_dir, json_path):
+    """Lesion-wise, new-lesion and PBVC accuracy of msvol's output against truth label maps."""
+    import json
+
+    from msvol import evaluate as evaluation
+    from msvol.errors import MsvolError
+
+    try:
+        result = evaluation.evaluate(pred_dir, truth_dir)
+    except MsvolError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = json_path.with_name(f".{json_path.name}.partial")
+        temporary.write_text(json.dumps(result, indent=2))
+        temporary.replace(json_path)
+    click.echo(evaluation.render_table(result), nl=False)

@@ -98,6 +98,14 @@ class LesionParams:
         "DOMAIN.md: manual volumetry varies ~12 % for large lesions, so a change must exceed ~24 %")
     min_absolute_change_mm3: float = _p(
         10.0, "mm3", "msvol choice: below ~10 voxels at 1 mm a change is within segmentation noise")
+    use_change_model: bool = _p(
+        True, "switch",
+        "msvol choice: fuse the two-visit change model with the per-visit masks (MSSEG-2: joint two-visit models "
+        "detect new lesions best); the fused vs independent comparison is in docs/BENCHMARKS.md")
+    min_new_change_probability: float = _p(
+        0.5, "probability",
+        "msvol choice: a lesion absent at baseline counts as new only when the change model's mean probability "
+        "over it reaches this; below, it is reported as stable (pre-existing, missed at baseline); not tuned")
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,10 @@ def load_params(path: Path | None = None) -> Params:
 
 def _coerce(path, name: str, default, value):
     """`value` converted to the type of `default`, or ConfigError (bools are not numbers here)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: '{name}' must be true or false, got {value!r}")
+        return value
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: '{name}' must be a list, got {value!r}")

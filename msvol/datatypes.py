@@ -155,6 +155,7 @@ class LesionChange:
     merged: bool = False  # several baseline lesions became one
     split: bool = False  # one baseline lesion became several
     confluent: bool = False  # grew by touching/joining: reported as enlarging, never as new
+    confidence: float | None = None  # 0-1, how sure the models are of `status` (see lesions.fuse_change)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,13 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
   still sees it.
 - Shrinking mirrors enlarging: baseline / follow-up - 1 must reach the relative threshold.
 The reported id of a group is its smallest follow-up label (resolved: above all follow-up labels).
+Fusion (`fuse_change`): the two-visit change model then confirms new lesions and judges
+enlargement by the new tissue it sees, and every finding gets a confidence for the review order.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +32,9 @@ from msvol.datatypes import Lesion, LesionChange, LesionMap, Volume
 
 METHODS = ("Lesions are connected components (26-connectivity) of the thresholded probability map; lesions were "
            "matched across visits by overlap in halfway space, merges and splits handled as groups, and "
-           "enlargement judged against size-dependent thresholds.")
+           "enlargement judged against size-dependent thresholds. A two-visit change model (a 3D U-Net on both "
+           "visits' FLAIR and T1 in halfway space) confirmed new lesions and measured the new tissue of "
+           "enlarging ones.")
 _CONFLUENT_DISTANCE_MM = 2.0
 
 
@@ -167,6 +173,48 @@ def _has_distant_growth(baseline_mask, followup_mask, voxel_mm3, params: LesionP
     pieces, count = ndimage.label(far, structure=_structure(26))
     largest = np.bincount(pieces.ravel())[1:].max()
     return bool(largest * voxel_mm3 >= params.min_new_lesion_volume_mm3)  # a numpy bool breaks json
+
+
+def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarray | None,
+                followup: LesionMap, baseline_halfway: np.ndarray, followup_halfway: np.ndarray,
+                params: LesionParams, *, voxel_mm3: float = 1.0) -> tuple[LesionChange, ...]:
+    """Let the two-visit change model confirm or correct what the per-visit masks suggest; add confidence.
+
+    With a change probability (halfway grid; `params.use_change_model`):
+    - 'new' stays new when the mean change probability over the lesion reaches
+      `min_new_change_probability`; otherwise the lesion is 'stable' (there at baseline but missed);
+    - a lesion present at both visits is 'enlarging' when the change model's new tissue (the sum of
+      its probability over follow-up voxels outside the baseline lesion, in mm3) passes the same
+      absolute and size-dependent relative thresholds as a volume difference would; confluent
+      growth stays enlarging; shrinking and resolved are left to the volumes.
+    Confidence: for new and enlarging, the mean change probability over the lesion's new tissue;
+    otherwise (and without a change model) the mean per-visit lesion probability at follow-up.
+    """
+    by_label = {lesion.label: lesion for lesion in followup.lesions}
+    fused = []
+    for change in changes:
+        if not change.followup_labels:
+            fused.append(change)
+            continue
+        volumes = [by_label[label].volume_mm3 for label in change.followup_labels]
+        confidence = float(np.average([by_label[label].mean_probability for label in change.followup_labels],
+                                      weights=volumes))
+        status = change.status
+        new_tissue = np.isin(followup_halfway, change.followup_labels) & (baseline_halfway == 0)
+        evidence = change_probability[new_tissue] if change_probability is not None else np.empty(0)
+        # A lesion with no new tissue on the halfway grid (at its edge) keeps the per-visit verdict.
+        if params.use_change_model and evidence.size and status != "shrinking":
+            if status == "new":
+                status = "new" if evidence.mean() >= params.min_new_change_probability else "stable"
+            elif not change.confluent:
+                grown_mm3 = float(evidence.sum()) * voxel_mm3
+                needed = max(params.min_absolute_change_mm3,
+                             _relative_threshold(change.baseline_volume_mm3, params) * change.baseline_volume_mm3)
+                status = "enlarging" if grown_mm3 >= needed else "stable"
+            if status in ("new", "enlarging"):
+                confidence = float(evidence.mean())
+        fused.append(dataclasses.replace(change, status=status, confidence=round(confidence, 3)))
+    return tuple(fused)
 
 
 def change_labels(followup_labels: np.ndarray, changes: tuple[LesionChange, ...], status: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from msvol import atlas, atrophy, lesions, preprocess, register, report, report_html, segment
+from msvol import atlas, atrophy, bundle, lesions, preprocess, register, report, report_html, segment
 from msvol.config import Params
 from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit, QCFlag, Rigid,
                              Visit, Volume)
@@ -36,17 +36,20 @@ Progress = Callable[[str], None]
 class Resources:
     """Heavy, reusable handles: load once per process, pass to every patient."""
 
-    model: tuple
+    segmenter: bundle.Bundle  # per-visit lesion model
+    change_model: bundle.Bundle  # two-visit new/enlarging model
     extractor: object
     template: Volume  # MNI T1, brain only
     template_intracranial_ml: float
 
     @classmethod
-    def load(cls, model_dir: Path | None = None) -> "Resources":
+    def load(cls, model_dir: Path | None = None, change_model_dir: Path | None = None) -> "Resources":
+        """Shipped models unless folders of other bundles are given."""
         maps, affine = atlas.load_mni()
         template = Volume(maps["t1"], affine, "T1w")
         icv_ml = float(maps["intracranial"].sum() * abs(np.linalg.det(affine[:3, :3])) / 1000)
-        return cls(segment.load_model(model_dir), preprocess.load_brain_extractor(), template, icv_ml)
+        return cls(bundle.load_bundle(model_dir, "per_visit"), bundle.load_bundle(change_model_dir, "change"),
+                   preprocess.load_brain_extractor(), template, icv_ml)
 
 
 @contextlib.contextmanager
@@ -80,8 +83,9 @@ def _template_scale(visit: PreparedVisit, params: Params, resources: Resources) 
 
 
 def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_lesions: LesionMap,
-                     followup_lesions: LesionMap, params: Params) -> tuple[IntervalResult, IntervalImages]:
-    """Register two visits into halfway space, match lesions, measure PBVC, raise QC flags."""
+                     followup_lesions: LesionMap, params: Params,
+                     change_model: bundle.Bundle | None) -> tuple[IntervalResult, IntervalImages]:
+    """Register two visits into halfway space, match lesions (fused with the change model), measure PBVC."""
     baseline_to_followup = register.fit_rigid(baseline.flair, followup.flair, params.register,
                                               fixed_mask=baseline.brain_mask.data,
                                               moving_mask=followup.brain_mask.data)
@@ -103,6 +107,12 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
                                   alignment_correlation=correlation, params=params.atrophy)
     changes = lesions.match_lesions(baseline_lesions, followup_lesions, labels[0].data, labels[1].data,
                                     params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+    change_probability = None
+    if change_model is not None and params.lesions.use_change_model:
+        change_probability = segment.predict_change((flairs[0].data, flairs[1].data), (t1s[0].data, t1s[1].data),
+                                                    masks[0].data & masks[1].data, params.segment, change_model)
+    changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
+                                  params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, correlation, years, params)
     images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1])
     return IntervalResult(baseline.session, followup.session, result, changes, flags), images
@@ -158,7 +168,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
             ready = prepare_visit(visit, params, resources)
         progress(f"sub-{patient.subject} ses-{visit.session}: segmenting lesions")
         with _timed(timings, "segment"):
-            probability, segment_methods = segment.segment_visit(ready, params.segment, model=resources.model)
+            probability, segment_methods = segment.segment_visit(ready, params.segment, resources.segmenter)
             lesion_map = lesions.label_lesions(probability, visit.session, params.segment, params.lesions)
         with _timed(timings, "cross-sectional volumes"):
             measures.append(atrophy.cross_sectional(
@@ -175,7 +185,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         progress(f"sub-{patient.subject}: interval ses-{prepared[first].session} -> ses-{prepared[second].session}")
         with _timed(timings, "interval: halfway registration, lesion matching, PBVC"):
             result, images = analyse_interval(prepared[first], prepared[second], lesion_maps[first],
-                                              lesion_maps[second], params)
+                                              lesion_maps[second], params, resources.change_model)
         intervals.append(result)
         reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
         with _timed(timings, "report"):

@@ -4,7 +4,8 @@ The report model is the output contract other tools depend on (schema_version be
 `subject`, `timepoints` (session, date, volumes), `intervals` (from_session, to_session,
 years, pbvc_percent, pbvc_annualized_percent, counts, lesions, qc_flags), `qc_flags`,
 the effective parameters and their hash, and a methods paragraph with references.
-Every new or enlarging lesion carries `review: {"decision": "pending"}` for the radiologist.
+Every new or enlarging lesion carries `review: {"decision": "pending"}` for the radiologist and
+every lesion a `confidence` (0-1, msvol.lesions.fuse_change; null when no model gave one).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from msvol import __version__
 from msvol.config import Params, field_sources
 from msvol.datatypes import IntervalResult, QCFlag, TimepointMeasures
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: lesions carry "confidence"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion model was trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -41,6 +42,8 @@ REFERENCES = {
                    "NeuroImage 2004;23:724-38.",
     "destefano2016": "De Stefano N et al. Establishing pathological cut-offs of brain atrophy rates in multiple "
                      "sclerosis. J Neurol Neurosurg Psychiatry 2016;87:93-9.",
+    "billot2023": "Billot B et al. SynthSeg: segmentation of brain MRI scans of any contrast and resolution "
+                  "without retraining. Medical Image Analysis 2023;86:102789.",
     "monai": "Cardoso MJ et al. MONAI: an open-source framework for deep learning in healthcare. arXiv:2211.02701.",
     "ronneberger2015": "Ronneberger O et al. U-Net: convolutional networks for biomedical image segmentation. "
                        "MICCAI 2015.",
@@ -133,6 +136,7 @@ def _lesion_model(change) -> dict:
         "merged": change.merged,
         "split": change.split,
         "confluent": change.confluent,
+        "confidence": change.confidence,
     }
     if change.status in ("new", "enlarging"):
         model["review"] = {"decision": "pending"}

@@ -250,6 +250,8 @@ def render_html(report: dict, thumbnails: dict[tuple[str, str], dict[int, str]])
         images = thumbnails.get((interval["from_session"], interval["to_session"]), {})
         reviewed = [(lesion, images.get(lesion["id"])) for lesion in interval["lesions"]
                     if lesion["status"] in REVIEWED_STATUSES]
+        # The least certain findings first: they need the radiologist most.
+        reviewed.sort(key=lambda item: (item[0].get("confidence") is not None, item[0].get("confidence") or 0))
         intervals.append({"model": interval, "reviewed": reviewed})
     cutoff = report.get("params", {}).get("atrophy", {}).get("pathological_annualized_pbvc_percent")
     return environment.get_template("report.html").render(

@@ -33,7 +33,8 @@ from msvol.synth_anatomy import (GRID_SHAPE, Anatomy, apply_affine, atrophy_fiel
                                  random_rigid, rotation_matrix, sample, scanner_affine, smooth_field)
 
 GENERATOR_VERSION = "1"
-SITES = ("periventricular", "deep_white_matter", "juxtacortical")
+SITES = ("periventricular", "deep_white_matter", "juxtacortical", "infratentorial")
+TISSUES = ("csf", "gm", "wm", "skull", "marrow", "scalp")  # fraction maps for training, then "lesion"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class SynthSettings:
     max_rotation_deg: float = 4.0
     max_translation_mm: float = 5.0
     contrast_jitter: float = 0.08  # relative, per tissue and patient
+    contrast: str = "standard"  # tissue intensity preset (synth_anatomy.CONTRASTS); "shifted" is for robustness tests
+    site_weights: tuple[float, ...] = (0.45, 0.35, 0.2, 0.0)  # probability of each of SITES
+    confluent_fraction: float = 0.0  # share of lesions placed touching an existing one (training data)
     intensity_scale: float = 1000.0  # stored integer value of intensity 1.0 (sample_data uses less: smaller files)
 
 
@@ -106,10 +110,12 @@ def _candidate_centres(anatomy: Anatomy, affine: np.ndarray) -> dict[str, np.nda
     to_ventricle = ndimage.distance_transform_edt(~ventricles)
     to_gm = ndimage.distance_transform_edt(gm < 0.5)
     white = wm > 0.9
+    mni_z = apply_affine(anatomy.template_affine, template_vox)[2]
     return {
         "periventricular": np.argwhere(white & (to_ventricle > 1.5) & (to_ventricle <= 5)),
         "deep_white_matter": np.argwhere(white & (to_gm >= 6) & (to_ventricle > 8)),
         "juxtacortical": np.argwhere(white & (to_gm >= 1.5) & (to_gm <= 3)),
+        "infratentorial": np.argwhere(white & (mni_z < -25)),  # brainstem and cerebellar white matter
     }, wm
 
 
@@ -127,13 +133,20 @@ def _plan(rng, settings: SynthSettings, candidates: dict, affine: np.ndarray) ->
 
     def place(volume, visit_appears):
         for _attempt in range(200):
-            site = rng.choice(SITES, p=[0.45, 0.35, 0.2])
+            site = rng.choice(SITES, p=settings.site_weights)
             pool = candidates[site]
             centre = affine[:3, :3] @ pool[rng.integers(len(pool))] + affine[:3, 3]
             shape = _lesion_shape(rng, len(shapes) + 1, site, centre, volume)
-            # Keep every pair apart even when both have grown, so lesions never touch by chance.
+            anchor = None
+            if settings.confluent_fraction and shapes and rng.uniform() < settings.confluent_fraction:
+                # Confluent lesion: centred on an existing lesion's edge, so the two touch.
+                anchor = shapes[rng.integers(len(shapes))]
+                direction = rng.normal(size=3)
+                centre = anchor.centre_mm + 0.8 * anchor.radius_mm * direction / np.linalg.norm(direction)
+                shape = dataclasses.replace(shape, centre_mm=centre)
+            # Keep every other pair apart even when both have grown, so lesions never touch by chance.
             if all(np.linalg.norm(centre - other.centre_mm) > 1.45 * (shape.radius_mm + other.radius_mm) + 4
-                   for other in shapes):
+                   for other in shapes if other is not anchor):
                 shapes.append(shape)
                 row = np.zeros(n_visits)
                 row[visit_appears:] = 1.0
@@ -192,22 +205,26 @@ def _render_lesion_labels(plan: _Plan, visit: int, wm: np.ndarray, affine: np.nd
 
 # ----------------------------------------------------------------------------- one visit
 
-def _render_visit(anatomy, plan, visit, lesion_labels, pose, rng, settings, t1_motion):
-    """FLAIR, T1, truth lesion labels and tissue fraction on the scanner grid."""
+def _visit_points(anatomy, plan, visit, motion) -> tuple[np.ndarray, np.ndarray]:
+    """Template voxel and subject voxel coordinates of every scanner voxel at `visit` under head `motion`."""
     affine = scanner_affine()
     years = (plan.dates[visit] - plan.dates[0]).days / 365.25
     loss_percent = -plan.annual_pbvc_percent * years  # intended tissue loss since baseline, %
     subject_vox = np.linalg.inv(affine)
+    points = apply_affine(np.linalg.inv(motion), grid_points(GRID_SHAPE, affine))
+    # Atrophy pre-image: tissue shrinks and CSF grows (the displacement field's divergence is
+    # negative in tissue, positive in CSF), so ventricles and sulci widen as in real atrophy.
+    displacement = np.stack([sample(component, apply_affine(subject_vox, points))
+                             for component in anatomy.atrophy_field])
+    points = points - loss_percent * displacement
+    return anatomy.to_template_voxels(points), apply_affine(subject_vox, points)
+
+
+def _render_visit(anatomy, plan, visit, lesion_labels, pose, rng, settings, t1_motion):
+    """FLAIR, T1, truth lesion labels and tissue fraction on the scanner grid."""
     outputs = {}
     for name, extra in (("flair", np.eye(4)), ("t1", t1_motion)):
-        points = apply_affine(np.linalg.inv(pose @ extra), grid_points(GRID_SHAPE, affine))
-        # Atrophy pre-image: tissue shrinks and CSF grows (the displacement field's divergence is
-        # negative in tissue, positive in CSF), so ventricles and sulci widen as in real atrophy.
-        displacement = np.stack([sample(component, apply_affine(subject_vox, points))
-                                 for component in anatomy.atrophy_field])
-        points = points - loss_percent * displacement
-        template_vox = anatomy.to_template_voxels(points)
-        subject_idx = apply_affine(subject_vox, points)
+        template_vox, subject_idx = _visit_points(anatomy, plan, visit, pose @ extra)
         lesion = sample((lesion_labels > 0).astype(np.float32), subject_idx)
         image = sample(anatomy.images[name], template_vox)
         image = image * (1 - lesion) + anatomy.images[f"{name}_lesion"] * lesion
@@ -234,6 +251,54 @@ def _acquire(image: np.ndarray, rng, settings: SynthSettings) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- public API
 
+def _anatomy_and_plan(rng, settings: SynthSettings):
+    anatomy = make_anatomy(rng, settings.contrast_jitter, settings.contrast)
+    affine = scanner_affine()
+    candidates, wm_subject = _candidate_centres(anatomy, affine)
+    intracranial = sample(anatomy.images["intracranial"],
+                          anatomy.to_template_voxels(grid_points(GRID_SHAPE, affine))) > 0.5
+    anatomy = dataclasses.replace(anatomy, atrophy_field=atrophy_field(anatomy, affine, intracranial))
+    return anatomy, _plan(rng, settings, candidates, affine), wm_subject
+
+
+def generate_label_maps(seed: int, settings: SynthSettings) -> dict:
+    """Tissue fraction maps of one patient's visits for domain-randomised training (no images).
+
+    Every visit is rendered on the same subject grid without head motion, so two visits are
+    already aligned (training adds its own misregistration). Returns `visits`, each with
+    `fractions` (uint8, 0-255 = 0-1; channels TISSUES then lesion, summing to <= 1), `labels`
+    (lesion ids) and `brain` (tissue fraction >= 0.5); and `fates` {(a, b): {lesion id: fate}}
+    for each pair of visits a < b.
+    """
+    rng = np.random.default_rng(seed)
+    anatomy, plan, wm_subject = _anatomy_and_plan(rng, settings)
+    visits = []
+    for visit in range(settings.n_visits):
+        lesion_labels = _render_lesion_labels(plan, visit, wm_subject, scanner_affine(), seed)
+        template_vox, subject_idx = _visit_points(anatomy, plan, visit, np.eye(4))
+        lesion = sample((lesion_labels > 0).astype(np.float32), subject_idx)
+        fractions = [sample(anatomy.images[tissue], template_vox) * (1 - lesion) for tissue in TISSUES]
+        tissue = sample(anatomy.images["tissue"], template_vox)
+        visits.append({
+            "fractions": np.rint(np.clip(np.stack(fractions + [lesion]), 0, 1) * 255).astype(np.uint8),
+            "labels": np.where(lesion >= 0.5, sample(lesion_labels, subject_idx, order=0), 0).astype(np.int16),
+            "brain": tissue >= 0.5})
+    fates = {(a, b): {shape.id: _fate(before, after) for shape, before, after
+                      in zip(plan.shapes, plan.scales[:, a], plan.scales[:, b]) if before > 0 or after > 0}
+             for a in range(settings.n_visits) for b in range(a + 1, settings.n_visits)}
+    return {"visits": visits, "fates": fates}
+
+
+def _fate(before_scale: float, after_scale: float) -> str:
+    """A lesion's fate between two visits from its scales (volume goes with scale cubed)."""
+    if before_scale == 0:
+        return "new"
+    if after_scale == 0:
+        return "resolved"
+    ratio = (after_scale / before_scale) ** 3
+    return "enlarging" if ratio > 1.5 else "shrinking" if ratio < 1 / 1.5 else "stable"
+
+
 def generate_patient(seed: int, settings: SynthSettings = SynthSettings()) -> dict:
     """Render one synthetic patient in memory.
 
@@ -242,14 +307,8 @@ def generate_patient(seed: int, settings: SynthSettings = SynthSettings()) -> di
     Deterministic for a given seed and settings.
     """
     rng = np.random.default_rng(seed)
-    anatomy = make_anatomy(rng, settings.contrast_jitter)
+    anatomy, plan, wm_subject = _anatomy_and_plan(rng, settings)
     affine = scanner_affine()
-    candidates, wm_subject = _candidate_centres(anatomy, affine)
-    intracranial = sample(anatomy.images["intracranial"],
-                           anatomy.to_template_voxels(grid_points(GRID_SHAPE, affine))) > 0.5
-    anatomy = dataclasses.replace(anatomy, atrophy_field=atrophy_field(anatomy, affine, intracranial))
-    plan = _plan(rng, settings, candidates, affine)
-
     visits = []
     head_centre = np.zeros(3)
     for visit in range(settings.n_visits):
@@ -287,12 +346,9 @@ def _truth(seed, settings, plan, visits) -> dict:
     for a, b in pairs:
         fates = {}
         for lesion, scales in zip(lesions, plan.scales):
-            before, after = scales[a], scales[b]
-            if before == 0 and after == 0:
+            if scales[a] == 0 and scales[b] == 0:
                 continue
-            ratio = (after / before) ** 3 if before > 0 else np.inf
-            fates[lesion["id"]] = ("new" if before == 0 else "resolved" if after == 0 else
-                                   "enlarging" if ratio > 1.5 else "shrinking" if ratio < 1 / 1.5 else "stable")
+            fates[lesion["id"]] = _fate(scales[a], scales[b])
             # A new lesion smaller than the consensus minimum (~3 mm across) is not a new lesion by
             # definition; it stays in the label maps but is not counted (see LesionParams).
             if fates[lesion["id"]] == "new" and lesion["visits"][visits[b]["session"]]["volume_mm3"] < minimum_mm3:

@@ -20,6 +20,13 @@ FLAIR_CONTRAST = {"csf": 0.07, "gm": 0.56, "wm": 0.42, "lesion": 0.95, "skull": 
                   "scalp": 0.55}
 T1_CONTRAST = {"csf": 0.12, "gm": 0.48, "wm": 0.80, "lesion": 0.36, "skull": 0.04, "marrow": 0.75,
                "scalp": 0.9}
+# Presets: (FLAIR, T1). "shifted" lies outside the training ranges of msvol.train (docs/MODEL.md):
+# brighter CSF on FLAIR (incomplete fluid suppression), lesions only 1.3x WM on FLAIR, flatter T1 GM/WM.
+CONTRASTS = {
+    "standard": (FLAIR_CONTRAST, T1_CONTRAST),
+    "shifted": ({"csf": 0.22, "gm": 0.50, "wm": 0.42, "lesion": 0.546, "skull": 0.04, "marrow": 0.3, "scalp": 0.55},
+                {"csf": 0.38, "gm": 0.70, "wm": 0.80, "lesion": 0.60, "skull": 0.04, "marrow": 0.75, "scalp": 0.9}),
+}
 
 # ----------------------------------------------------------------------------- template
 
@@ -110,22 +117,23 @@ class Anatomy:
         return template
 
 
-def make_anatomy(rng: np.random.Generator, contrast_jitter: float) -> Anatomy:
+def make_anatomy(rng: np.random.Generator, contrast_jitter: float, contrast: str = "standard") -> Anatomy:
     maps, template_affine = load_mni()
     layers = head_layers(maps, rng)
     pad_shift = np.eye(4)
     pad_shift[:3, 3] = -22  # padded voxel i is original voxel i - 22
     template_affine = template_affine @ pad_shift
 
-    flair_c = {k: v * (1 + rng.uniform(-1, 1) * contrast_jitter) for k, v in FLAIR_CONTRAST.items()}
-    t1_c = {k: v * (1 + rng.uniform(-1, 1) * contrast_jitter) for k, v in T1_CONTRAST.items()}
+    flair_base, t1_base = CONTRASTS[contrast]
+    flair_c = {k: v * (1 + rng.uniform(-1, 1) * contrast_jitter) for k, v in flair_base.items()}
+    t1_c = {k: v * (1 + rng.uniform(-1, 1) * contrast_jitter) for k, v in t1_base.items()}
     texture = 1 + 0.03 * smooth_field(rng, layers["gm"].shape, 1.2) + 0.04 * smooth_field(rng, layers["gm"].shape, 6)
     tissues = ("csf", "gm", "wm", "skull", "marrow", "scalp")
     flair = sum(flair_c[t] * layers[t] for t in tissues) * texture
     t1 = sum(t1_c[t] * layers[t] for t in tissues) * texture
     images = {"flair": flair.astype(np.float32), "t1": t1.astype(np.float32),
               "tissue": np.clip(layers["gm"] + layers["wm"], 0, 1).astype(np.float32),
-              "wm": layers["wm"], "gm": layers["gm"], "csf": layers["csf"],
+              **{name: layers[name] for name in tissues},
               "intracranial": layers["intracranial"],
               "flair_lesion": np.float32(flair_c["lesion"]), "t1_lesion": np.float32(t1_c["lesion"])}
 

@@ -33,8 +33,8 @@ def calls(monkeypatch) -> dict:
     """Replace Resources.load and run_patient; record what they were given."""
     record = {"load": [], "run": []}
 
-    def load(model_dir=None):
-        record["load"].append(model_dir)
+    def load(model_dir=None, change_model_dir=None):
+        record["load"].append((model_dir, change_model_dir))
         return DUMMY_RESOURCES
 
     monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
@@ -80,7 +80,7 @@ def test_broken_subject_is_set_aside_and_a_crash_does_not_stop_the_batch(bids, t
     patient, resources, force = calls["run"][0]
     assert isinstance(patient, Patient) and patient.subject == "02" and len(patient.visits) == 1
     assert resources is DUMMY_RESOURCES and force is False
-    assert calls["load"] == [None]
+    assert calls["load"] == [(None, None)], "the shipped models"
     assert any("sub-01" in message and "set aside" in message for message in messages)
     assert any(str(crash) in message for message in messages)
 
@@ -88,10 +88,18 @@ def test_broken_subject_is_set_aside_and_a_crash_does_not_stop_the_batch(bids, t
 def test_resources_are_loaded_once_for_all_subjects(bids, tmp_path, calls, monkeypatch):
     write_subject(bids, "03", dates={"01": "2020-03-01"})
     monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
-    model_dir = tmp_path / "model"
-    summary = run_batch(bids, tmp_path / "out", Params(), model_dir=model_dir)
+    model_dir, change_model_dir = tmp_path / "model", tmp_path / "change_model"
+    summary = run_batch(bids, tmp_path / "out", Params(), model_dir=model_dir, change_model_dir=change_model_dir)
     assert summary.done == [tmp_path / "out" / "sub-02", tmp_path / "out" / "sub-03"]
-    assert calls["load"] == [model_dir]
+    assert calls["load"] == [(model_dir, change_model_dir)]
+
+
+@pytest.mark.parametrize("which", ["model_dir", "change_model_dir"])
+def test_each_model_folder_reaches_resources_on_its_own(bids, tmp_path, calls, monkeypatch, which):
+    monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
+    run_batch(bids, tmp_path / "out", Params(), **{which: tmp_path / "bundle"})
+    expected = (tmp_path / "bundle", None) if which == "model_dir" else (None, tmp_path / "bundle")
+    assert calls["load"] == [expected]
 
 
 def test_no_resources_are_loaded_when_every_subject_is_bad(bids, tmp_path, calls, monkeypatch):
@@ -125,11 +133,11 @@ def test_existing_result_is_redone_with_force(bids, tmp_path, calls, monkeypatch
 def test_model_error_while_loading_resources_sets_the_subject_aside(bids, tmp_path, monkeypatch):
     from msvol.errors import ModelError
 
-    def load(model_dir=None):
-        raise ModelError("models/lesion_unet.pt: model file missing")
+    def load(model_dir=None, change_model_dir=None):
+        raise ModelError("models/lesion_change/configs/metadata.json: bundle file missing")
 
     monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
     summary = run_batch(bids, tmp_path / "out", Params())
     assert [name for name, _ in summary.set_aside] == ["sub-01", "sub-02"]
-    assert "lesion_unet.pt" in summary.set_aside[1][1]
+    assert "lesion_change/configs/metadata.json" in summary.set_aside[1][1]
     assert summary.crashed == []

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from msvol import __version__
 from msvol.cli import EXIT_INPUT, main
+from test_evaluate import write_prediction, write_synth_truth
 from test_ingest import image_path, smooth_image, write_image, write_subject
 
 
@@ -29,8 +30,20 @@ def test_version_prints_the_package_version():
 def test_run_help_lists_its_options():
     result = invoke("run", "--help")
     assert result.exit_code == 0
-    for option in ("--out", "--force", "--quiet", "--protocol", "--model"):
+    for option in ("--out", "--force", "--quiet", "--protocol", "--model", "--change-model"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("command, options", [
+    ("train", ("--config", "--out", "--cache", "--task", "--steps", "--seed", "per_visit", "change")),
+    ("synth", ("--contrast", "standard", "shifted", "--subjects", "--visits")),
+    ("evaluate", ("--pred", "--truth", "--json")),
+])
+def test_other_commands_list_their_options(command, options):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    for option in options:
+        assert option in result.output, option
 
 
 def test_run_without_out_is_a_usage_error(tmp_path):
@@ -173,3 +186,82 @@ def test_out_that_is_a_file_is_a_usage_error(tmp_path):
     result = invoke("run", root, "--out", out)
     assert result.exit_code == 2
     assert "results.txt" in result.output
+
+
+def test_model_folder_that_is_not_a_bundle_sets_the_subject_aside_naming_the_file(tmp_path, monkeypatch):
+    from msvol import atlas
+
+    # the MNI template is loaded before the models; a stand-in saves a second (the check is the bundle's)
+    tiny = np.ones((2, 2, 2), np.float32)
+    monkeypatch.setattr(atlas, "load_mni", lambda: ({"t1": tiny, "intracranial": tiny}, np.eye(4)))
+    root = tmp_path / "bids"
+    write_subject(root, dates={"01": "2020-01-15"})
+    not_a_bundle = tmp_path / "lesion_unet"
+    not_a_bundle.mkdir()
+    result = invoke("run", root, "--out", tmp_path / "out", "--model", not_a_bundle, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "set aside sub-01" in result.stderr
+    assert str(not_a_bundle / "configs" / "metadata.json") in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- msvol evaluate --------------------------------------------------------------------------------
+
+
+def test_evaluate_prints_the_table_and_writes_json(tmp_path):
+    """The hand-made prediction and synth truth of test_evaluate: 2 scans and 1 pair in common."""
+    import json
+
+    from msvol.evaluate import evaluate, render_table
+
+    write_prediction(tmp_path / "out")
+    write_synth_truth(tmp_path / "bids")
+    json_path = tmp_path / "eval" / "result.json"
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "bids", "--json", json_path)
+    assert result.exit_code == 0, result.output
+    assert "2 scans, 1 pairs (truth layout: synth)" in result.stdout
+    expected = evaluate(tmp_path / "out", tmp_path / "bids")
+    assert result.stdout.rstrip("\n") == render_table(expected).rstrip("\n")  # click.echo adds a newline
+    written = json.loads(json_path.read_text())
+    assert written["overall"]["scans"] == 2 and written["overall"]["pairs"] == 1
+    assert written["pairs"][0]["pbvc_error_percent"] == -0.3
+    assert not list(json_path.parent.glob(".*partial")), "written atomically"
+
+
+def test_evaluate_with_a_missing_truth_folder_exits_2(tmp_path):
+    write_prediction(tmp_path / "out")
+    missing = tmp_path / "no_truth_here"
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", missing)
+    assert result.exit_code == 2
+    assert "no_truth_here" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_without_truth_label_maps_exits_2_naming_the_folder(tmp_path):
+    write_prediction(tmp_path / "out")
+    (tmp_path / "truth").mkdir()
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "truth")
+    assert result.exit_code == 2
+    assert str(tmp_path / "truth") in result.stderr and "no truth label maps" in result.stderr
+
+
+# --- msvol train and synth: refused before any work ------------------------------------------------
+
+
+def test_train_config_with_an_unknown_key_exits_2_naming_the_file(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("task: per_visit\nstep: 20\n")
+    result = invoke("train", "--config", config, "--out", tmp_path / "run", "--cache", tmp_path / "cache")
+    assert result.exit_code == 2
+    assert str(config) in result.stderr and "step" in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [("train", "--task", "segmentation"), ("synth", "--contrast", "dark")])
+def test_unknown_choice_is_a_usage_error(tmp_path, args):
+    command, option, value = args
+    extra = ("--out", tmp_path / "run", "--cache", tmp_path / "cache") if command == "train" else (tmp_path / "data",)
+    result = invoke(command, option, value, *extra)
+    assert result.exit_code == 2
+    assert value in result.output and option in result.output
+    assert not any(tmp_path.iterdir())

@@ -89,6 +89,30 @@ def test_shipped_protocols_load_and_apply_their_values(protocol):
             assert getattr(getattr(params, section), key) == value
 
 
+def test_bool_field_accepts_true_and_false(tmp_path):
+    assert Params().lesions.use_change_model is True
+    params = load_params(write_protocol(tmp_path, "params:\n  lesions:\n    use_change_model: false\n"))
+    assert params.lesions.use_change_model is False
+    assert params.hash() != Params().hash()
+    assert load_params(write_protocol(tmp_path, "params: {lesions: {use_change_model: true}}\n")) == Params()
+
+
+@pytest.mark.parametrize("value", ["1", "0", "'true'", "off-ish", "[true]"])
+def test_bool_field_refuses_anything_but_true_or_false(tmp_path, value):
+    path = write_protocol(tmp_path, f"params:\n  lesions:\n    use_change_model: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert str(path) in message and "lesions.use_change_model" in message and "true or false" in message
+
+
+def test_change_model_probability_is_a_number_field(tmp_path):
+    params = load_params(write_protocol(tmp_path, "params: {lesions: {min_new_change_probability: 0.7}}\n"))
+    assert params.lesions.min_new_change_probability == 0.7
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_params(write_protocol(tmp_path, "params: {lesions: {min_new_change_probability: true}}\n"))
+
+
 def test_unknown_key_names_the_file_and_suggests_the_nearest(tmp_path):
     path = write_protocol(tmp_path, "params:\n  lesions:\n    min_new_lesion_volume: 20\n")
     with pytest.raises(ConfigError) as caught:

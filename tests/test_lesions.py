@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import LesionMap, Volume
-from msvol.lesions import change_labels, classify_change, label_lesions, match_lesions, measure_lesions
+from msvol.lesions import (change_labels, classify_change, fuse_change, label_lesions, match_lesions,
+                           measure_lesions)
 
 SEGMENT = SegmentParams()
 PARAMS = LesionParams()
@@ -362,6 +363,161 @@ def test_change_labels_split_group_takes_one_id(ball, affine):
     out = change_labels(followup.labels.data, changes, "shrinking")
     assert set(np.unique(out)) == {0, change.id}
     np.testing.assert_array_equal(out > 0, followup.labels.data > 0)
+
+
+# --- fuse_change: the change model confirms or corrects, and every finding gets a confidence ------
+
+
+def fuse(baseline, followup, changes, change_probability, params: LesionParams = PARAMS):
+    """Fuse on the 1 mm grid the labels live on (it is also the 'halfway' grid here)."""
+    return fuse_change(changes, change_probability, followup, baseline.labels.data, followup.labels.data, params)
+
+
+def by_id(changes) -> dict:
+    return {change.id: change for change in changes}
+
+
+def test_fuse_keeps_a_new_lesion_the_change_model_confirms(ball, affine):
+    base = spheres(ball, A, B)
+    baseline, followup, changes = match(base, base | ball(SHAPE, *FAR), affine)
+    new_id = label_at(followup, FAR[0])
+    change_probability = np.zeros(SHAPE, np.float32)
+    inside = ball(SHAPE, *FAR)
+    change_probability[inside] = np.random.default_rng(0).uniform(0.55, 1.0, inside.sum())
+    fused = by_id(fuse(baseline, followup, changes, change_probability))
+    assert fused[new_id].status == "new"
+    assert fused[new_id].confidence == pytest.approx(change_probability[inside].mean(), abs=5e-4)
+    others = [change for change in fused.values() if change.id != new_id]
+    assert [change.status for change in others] == ["stable", "stable"]
+    assert all(change.confidence == pytest.approx(0.9) for change in others), "per-visit probability"
+
+
+@pytest.mark.parametrize("mean, status", [(0.2, "stable"), (0.49, "stable"), (0.5, "new")])  # inclusive
+def test_fuse_makes_a_new_lesion_the_change_model_does_not_see_stable(ball, affine, mean, status):
+    """Absent from the baseline mask but not new to the change model: a lesion missed at baseline."""
+    assert PARAMS.min_new_change_probability == 0.5
+    base = spheres(ball, A)
+    baseline, followup, changes = match(base, base | ball(SHAPE, *FAR), affine)
+    new_id = label_at(followup, FAR[0])
+    change_probability = np.where(ball(SHAPE, *FAR), mean, 0.0).astype(np.float32)
+    fused = by_id(fuse(baseline, followup, changes, change_probability))
+    assert fused[new_id].status == status
+    expected = mean if status == "new" else 0.9  # the change model's mean, else the per-visit probability
+    assert fused[new_id].confidence == pytest.approx(expected)
+    assert fused[new_id].baseline_volume_mm3 == 0.0, "volumes are not touched"
+    assert fused[new_id].followup_volume_mm3 == ball(SHAPE, *FAR).sum()
+
+
+def test_fuse_makes_a_lesion_with_enough_new_tissue_enlarging(ball, affine):
+    """Same volume at both visits (stable by volume), but 2 voxels displaced: the change model's new
+    tissue (probability summed over follow-up voxels outside the baseline lesion) decides."""
+    base, follow = spheres(ball, A, B), spheres(ball, ((14, 12, 12), 4), B)
+    baseline, followup, changes = match(base, follow, affine)
+    assert statuses(changes) == ["stable", "stable"]
+    grown = follow & ~base
+    needed = max(PARAMS.min_absolute_change_mm3, PARAMS.min_relative_change_large * 257.0)  # A is 257 mm3, large
+    assert grown.sum() > needed
+    a_id = label_at(followup, (14, 12, 12))
+    for probability, status, confidence in ((1.0, "enlarging", 1.0), (0.95 * needed / grown.sum(), "stable", 0.9),
+                                            (1.0001 * needed / grown.sum(), "enlarging", None)):
+        change_probability = np.where(grown, probability, 0.0).astype(np.float32)
+        fused = by_id(fuse(baseline, followup, changes, change_probability))
+        assert fused[a_id].status == status, probability
+        assert fused[a_id].confidence == pytest.approx(probability if confidence is None else confidence, abs=5e-4)
+        (other,) = [change for change in fused.values() if change.id != a_id]
+        assert other.status == "stable"
+
+
+def test_fuse_makes_an_enlargement_the_change_model_does_not_see_stable(ball, affine):
+    base = spheres(ball, A, B)
+    baseline, followup, changes = match(base, spheres(ball, (A[0], 5), B), affine)  # 257 -> 515 voxels
+    assert statuses(changes) == ["enlarging", "stable"]
+    a_id = label_at(followup, A[0])
+    fused = by_id(fuse(baseline, followup, changes, np.zeros(SHAPE, np.float32)))
+    assert fused[a_id].status == "stable" and fused[a_id].confidence == pytest.approx(0.9)
+    grown = ball(SHAPE, A[0], 5) & ~ball(SHAPE, *A)
+    confirmed = by_id(fuse(baseline, followup, changes, np.where(grown, 0.8, 0.0).astype(np.float32)))
+    assert confirmed[a_id].status == "enlarging" and confirmed[a_id].confidence == pytest.approx(0.8)
+
+
+def test_fuse_keeps_confluent_growth_enlarging(ball, affine):
+    touching = ((12, 19, 12), 3)
+    baseline, followup, changes = match(spheres(ball, A, B), spheres(ball, A, touching, B), affine)
+    (grown,) = [change for change in changes if change.status == "enlarging"]
+    assert grown.confluent
+    new_tissue = spheres(ball, A, touching) & ~ball(SHAPE, *A)
+    for probability in (0.0, 0.3):
+        change_probability = np.where(new_tissue, probability, 0.0).astype(np.float32)
+        fused = by_id(fuse(baseline, followup, changes, change_probability))
+        assert fused[grown.id].status == "enlarging" and fused[grown.id].confluent
+        assert fused[grown.id].confidence == pytest.approx(probability)
+
+
+def test_fuse_leaves_shrinking_and_resolved_to_the_volumes(ball, affine):
+    baseline, followup, changes = match(spheres(ball, (A[0], 5), B, C), spheres(ball, A, B), affine)
+    assert statuses(changes) == ["resolved", "shrinking", "stable"]
+    everywhere_new = np.ones(SHAPE, np.float32)
+    fused = fuse(baseline, followup, changes, everywhere_new)
+    assert statuses(fused) == ["resolved", "shrinking", "stable"]
+    (resolved,) = [change for change in fused if change.status == "resolved"]
+    assert resolved == [change for change in changes if change.status == "resolved"][0]
+    assert resolved.confidence is None, "no follow-up lesion, no per-visit probability"
+    (shrinking,) = [change for change in fused if change.status == "shrinking"]
+    assert shrinking.confidence == pytest.approx(0.9)
+
+
+def test_fuse_without_the_change_model_changes_no_status_and_weights_confidence_by_volume(ball, affine):
+    """A split lesion (follow-up parts of 123 and 33 mm3, per-visit probability 0.6 and 0.9) and a new one."""
+    left, right = ((12, 30, 12), 3), ((12, 40, 12), 2)
+    bridge = np.zeros(SHAPE, bool)
+    bridge[11:14, 30:41, 11:14] = True
+    base = spheres(ball, left, right) | bridge
+    follow_parts = {0.6: ball(SHAPE, *left), 0.9: ball(SHAPE, *right), 0.75: ball(SHAPE, *FAR)}
+    data = np.full(SHAPE, 0.05, np.float32)
+    for value, mask in follow_parts.items():
+        data[mask] = value
+    baseline = lesion_map(base, "ses-01", affine)
+    followup = label_lesions(Volume(data, affine, "probability"), "ses-02", SEGMENT, PARAMS)
+    changes = match_lesions(baseline, followup, baseline.labels.data, followup.labels.data, PARAMS)
+    (split,) = [change for change in changes if change.split]
+    (new,) = [change for change in changes if change.status == "new"]
+    expected = (0.6 * ball(SHAPE, *left).sum() + 0.9 * ball(SHAPE, *right).sum()) / \
+        (ball(SHAPE, *left).sum() + ball(SHAPE, *right).sum())
+    nothing_new = np.zeros(SHAPE, np.float32)  # would demote the new lesion if it were used
+    off = dataclasses.replace(PARAMS, use_change_model=False)
+    for change_probability, params in ((None, PARAMS), (nothing_new, off)):
+        fused = by_id(fuse(baseline, followup, changes, change_probability, params))
+        assert [change.status for change in fused.values()] == [change.status for change in changes]
+        assert fused[split.id].confidence == pytest.approx(expected, abs=5e-4)
+        assert fused[new.id].confidence == pytest.approx(0.75)
+        assert all(dataclasses.replace(fused[change.id], confidence=None) == change for change in changes)
+
+
+def test_fuse_does_not_modify_its_inputs(ball, affine):
+    base = spheres(ball, A)
+    baseline, followup, changes = match(base, base | ball(SHAPE, *FAR), affine)
+    change_probability = np.where(ball(SHAPE, *FAR), 0.7, 0.0).astype(np.float32)
+    before = (changes, change_probability.copy(), baseline.labels.data.copy(), followup.labels.data.copy())
+    fuse(baseline, followup, changes, change_probability)
+    assert changes == before[0] and all(change.confidence is None for change in changes)
+    np.testing.assert_array_equal(change_probability, before[1])
+    np.testing.assert_array_equal(baseline.labels.data, before[2])
+    np.testing.assert_array_equal(followup.labels.data, before[3])
+
+
+def test_fuse_keeps_a_new_lesion_the_change_model_never_saw(ball, affine):
+    """A small lesion can vanish when its labels are resampled (nearest) to the halfway grid."""
+    import warnings
+
+    base = spheres(ball, A)
+    baseline, followup, changes = match(base, base | ball(SHAPE, *FAR), affine)
+    new_id = label_at(followup, FAR[0])
+    followup_halfway = np.where(followup.labels.data == new_id, 0, followup.labels.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused = fuse_change(changes, np.zeros(SHAPE, np.float32), followup, baseline.labels.data, followup_halfway,
+                            PARAMS)
+    assert by_id(fused)[new_id].status == "new"
 
 
 # --- match_lesions: properties --------------------------------------------------------------------

@@ -31,8 +31,11 @@ SECOND_CHANGES = [("stable", 1), ("enlarging", 2)]
 def change(status: str, lesion_id: int) -> LesionChange:
     baseline = {"new": 0.0, "resolved": 40.0}.get(status, 50.0)
     followup = {"new": 30.0, "resolved": 0.0, "enlarging": 90.0, "shrinking": 20.0}.get(status, 50.0)
+    # confidence as lesions.fuse_change gives it: none for a resolved lesion (nothing at follow-up)
+    confidence = None if status == "resolved" else round(0.5 + 0.05 * lesion_id, 3)
     return LesionChange(lesion_id, status, baseline, followup, (10.04 * lesion_id, -5.06, 20.0),
-                        () if status == "new" else (lesion_id,), () if status == "resolved" else (lesion_id,))
+                        () if status == "new" else (lesion_id,), () if status == "resolved" else (lesion_id,),
+                        confidence=confidence)
 
 
 def timepoint(session: str, date: dt.date, lesion_count: int) -> TimepointMeasures:
@@ -133,6 +136,14 @@ def test_lesions_carry_id_status_volumes_and_centroid(results):
     assert lesions[7]["followup_labels"] == []
 
 
+def test_every_lesion_carries_its_confidence(results):
+    lesions = build(results)["intervals"][0]["lesions"]
+    assert [lesion["confidence"] for lesion in lesions] == [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, None]
+    loaded = json.loads(report.render_json(build(results)))
+    assert [lesion["confidence"] for lesion in loaded["intervals"][0]["lesions"]] == \
+        [0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, None], "null in JSON when no model gave one"
+
+
 def test_only_new_and_enlarging_lesions_await_review(results):
     for model in build(results)["intervals"]:
         for lesion in model["lesions"]:
@@ -160,15 +171,20 @@ def test_references_are_exactly_the_cited_keys(results):
     assert model["methods"] == " ".join(METHODS)
 
 
-def test_every_key_cited_by_a_stage_has_a_reference():
-    """A stage citing a key unknown to REFERENCES would leave a dangling citation in the report."""
-    from msvol import atrophy, lesions, preprocess, register
+def _stage_sentence(stage: str) -> str:
+    if stage == "segment":
+        return "[monai, ronneberger2015, billot2023]"  # segment's sentence is built at run time with these keys
+    import importlib
 
-    sentences = [preprocess.METHODS, register.METHODS, lesions.METHODS, atrophy.METHODS,
-                 "[monai, ronneberger2015]"]  # segment's sentence is built at run time with these keys
-    cited = {key.strip() for sentence in sentences for group in re.findall(r"\[([^\]]+)\]", sentence)
+    return importlib.import_module(f"msvol.{stage}").METHODS
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "register", "lesions", "atrophy", "segment"])
+def test_every_key_cited_by_a_stage_has_a_reference(stage):
+    """A stage citing a key unknown to REFERENCES would leave a dangling citation in the report."""
+    cited = {key.strip() for group in re.findall(r"\[([^\]]+)\]", _stage_sentence(stage))
              for key in group.split(",")}
-    assert cited and cited <= set(report.REFERENCES)
+    assert cited <= set(report.REFERENCES), cited - set(report.REFERENCES)
 
 
 def test_qc_flags_of_the_subject_are_listed(results):

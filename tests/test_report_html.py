@@ -150,11 +150,11 @@ def test_trend_svg_needs_a_timepoint():
 
 @pytest.fixture
 def report() -> dict:
-    def lesion(lesion_id, status, baseline, followup, **notes):
+    def lesion(lesion_id, status, baseline, followup, confidence, **notes):
         model = {"id": lesion_id, "status": status, "baseline_volume_mm3": baseline,
                  "followup_volume_mm3": followup, "centroid_mm": [10.5, -20.0, 30.5],
                  "baseline_labels": [1] if baseline else [], "followup_labels": [lesion_id],
-                 "merged": False, "split": False, "confluent": False, **notes}
+                 "merged": False, "split": False, "confluent": False, "confidence": confidence, **notes}
         if status in ("new", "enlarging"):
             model["review"] = {"decision": "pending"}
         return model
@@ -173,8 +173,9 @@ def report() -> dict:
              "pbvc_annualized_percent": -0.547, "pbvc_beyond_pathological_cutoff": True,
              "alignment_correlation": 0.9812, "boundary_shift_ml": 6.1,
              "counts": {"new": 2, "enlarging": 1, "shrinking": 0, "resolved": 0, "stable": 1},
-             "lesions": [lesion(3, "new", 0.0, 52.0), lesion(8, "new", 0.0, 31.0),
-                         lesion(11, "enlarging", 40.0, 95.0, confluent=True), lesion(5, "stable", 60.0, 61.0)],
+             "lesions": [lesion(3, "new", 0.0, 52.0, 0.9), lesion(8, "new", 0.0, 31.0, 0.4),
+                         lesion(11, "enlarging", 40.0, 95.0, 0.7, confluent=True),
+                         lesion(5, "stable", 60.0, 61.0, 0.95)],
              "qc_flags": [{"code": "scanner_change", "message": "The scanner model changed between visits.",
                            "scope": "ses-01_to_ses-02"}],
              "files": {"new_lesions": "ses-01_to_ses-02/new_lesions.nii.gz"}},
@@ -223,3 +224,30 @@ def test_html_escapes_report_text(report, thumbnails):
     page = render_html(report, thumbnails)
     assert "<script" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def reviewed_ids(page: str) -> list[int]:
+    return [int(lesion_id) for lesion_id in re.findall(r"<h4>Lesion (\d+):", page)]
+
+
+def test_review_list_puts_the_least_confident_finding_first(report, thumbnails):
+    page = render_html(report, thumbnails)
+    assert reviewed_ids(page) == [8, 11, 3], "confidence 0.4, 0.7, 0.9"
+    for shown in ("Lesion 8: new (confidence 0.40)", "Lesion 11: enlarging (confidence 0.70)",
+                  "Lesion 3: new (confidence 0.90)"):
+        assert shown in page
+    assert "Least certain first" in page
+    assert [lesion["id"] for lesion in report["intervals"][0]["lesions"]] == [3, 8, 11, 5], "report not modified"
+
+
+def test_review_list_puts_findings_without_confidence_first_and_shows_none(report, thumbnails):
+    report["intervals"][0]["lesions"][0]["confidence"] = None  # lesion 3: no model gave one
+    page = render_html(report, thumbnails)
+    assert reviewed_ids(page) == [3, 8, 11]
+    assert "Lesion 3: new</h4>" in page
+
+
+def test_review_list_keeps_the_report_order_between_equal_confidences(report, thumbnails):
+    for lesion in report["intervals"][0]["lesions"]:
+        lesion["confidence"] = 0.5
+    assert reviewed_ids(render_html(report, thumbnails)) == [3, 8, 11]

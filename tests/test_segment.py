@@ -1,4 +1,5 @@
-"""Tests for segment with a tiny randomly initialised U-Net: shapes, masking, normalisation, offline loading.
+"""Tests for segment and bundle with tiny randomly initialised U-Nets: shapes, masking, normalisation,
+the FLAIR-only input, the change model's input, and offline loading of MONAI bundles.
 
 Accuracy is not tested here (that is `make bench`).
 """
@@ -15,19 +16,28 @@ from scipy import ndimage
 
 torch = pytest.importorskip("torch")
 
-from msvol import segment  # noqa: E402
+from msvol import bundle, segment  # noqa: E402
 from msvol.config import SegmentParams  # noqa: E402
 from msvol.datatypes import Acquisition, PreparedVisit, Rigid, Volume  # noqa: E402
 from msvol.errors import ModelError  # noqa: E402
+from msvol.train import TrainSettings  # noqa: E402
 
-TINY = {"channels": [4, 8], "strides": [2]}
+TINY_CHANNELS = (4, 8)
 PARAMS = SegmentParams(roi_size=(32, 32, 32), sw_batch_size=1)
 SHAPE = (40, 40, 40)
 
 
-def tiny_network(seed: int = 0):
+def tiny_network(task: str = "per_visit", seed: int = 0):
     torch.manual_seed(seed)
-    return segment.build_network(TINY).eval()
+    return bundle.build_network(bundle.architecture(task, TINY_CHANNELS)).eval()
+
+
+def save_bundle(folder: Path, network, task: str = "per_visit") -> Path:
+    return bundle.write_bundle(folder, network, TrainSettings(task=task, channels=TINY_CHANNELS))
+
+
+def tiny_bundle(tmp_path: Path, task: str = "per_visit", seed: int = 0) -> bundle.Bundle:
+    return bundle.load_bundle(save_bundle(tmp_path / task, tiny_network(task, seed), task), task)
 
 
 def brain_ball(shape=SHAPE, centre=(20, 19, 21), radius=9) -> np.ndarray:
@@ -35,24 +45,34 @@ def brain_ball(shape=SHAPE, centre=(20, 19, 21), radius=9) -> np.ndarray:
     return sum((axis - c) ** 2 for axis, c in zip(grid, centre)) <= radius ** 2
 
 
-def save_model(folder: Path, network, architecture=TINY) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), folder / segment.WEIGHTS_FILE)
-    card = {"name": "tiny-test", "architecture": architecture}
-    (folder / segment.CARD_FILE).write_text(json.dumps(card))
-    return folder
+def prepared_visit(with_t1: bool = True) -> PreparedVisit:
+    mask = brain_ball()
+    rng = np.random.default_rng(2)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-20.0, -25.0, -15.0]
+    flair = Volume(np.where(mask, 100.0, 5.0).astype(np.float32) + rng.normal(0, 1, SHAPE).astype(np.float32),
+                   affine, "FLAIR")
+    t1 = flair.with_data(np.where(mask, 80.0, 3.0).astype(np.float32), "T1w")
+    brain = flair.with_data(mask, "mask")
+    return PreparedVisit("01", dt.date(2020, 1, 1), flair, t1, brain, Rigid(np.eye(4)), t1 if with_t1 else None,
+                         brain, Acquisition())
 
 
-def test_tiny_network_maps_two_channels_to_one_logit():
-    network = tiny_network()
+# --- the networks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task, channels", [("per_visit", 2), ("change", 4)])
+def test_architecture_maps_the_task_channels_to_one_logit(task, channels):
+    spec = bundle.architecture(task)
+    assert spec["in_channels"] == channels == len(bundle.CHANNELS[task])
+    assert spec["out_channels"] == 1
+    assert len(spec["strides"]) == len(spec["channels"]) - 1
     with torch.no_grad():
-        logits = network(torch.zeros(1, 2, 32, 32, 32))
+        logits = tiny_network(task)(torch.zeros(1, channels, 32, 32, 32))
     assert tuple(logits.shape) == (1, 1, 32, 32, 32)
 
 
-def test_default_architecture_is_two_channels_in_one_out():
-    assert segment.DEFAULT_ARCHITECTURE["in_channels"] == 2
-    assert segment.DEFAULT_ARCHITECTURE["out_channels"] == 1
+# --- predict_probability --------------------------------------------------------------------------
 
 
 def test_predict_probability_shape_range_and_mask():
@@ -90,6 +110,9 @@ def test_predict_probability_does_not_modify_its_inputs():
     np.testing.assert_array_equal(mask, before_mask)
 
 
+# --- normalize_inputs -----------------------------------------------------------------------------
+
+
 def test_normalize_inputs_divides_each_channel_by_its_median_in_the_mask():
     mask = brain_ball()
     flair = np.full(SHAPE, 7.0, np.float32)
@@ -97,7 +120,7 @@ def test_normalize_inputs_divides_each_channel_by_its_median_in_the_mask():
     flair[20, 19, 21] = 100.0  # one bright voxel does not move the median
     t1 = np.zeros(SHAPE, np.float32)
     t1[mask] = 10.0
-    inputs = segment.normalize_inputs(flair, t1, mask)
+    inputs = segment.normalize_inputs([flair, t1], mask)
 
     assert inputs.shape == (2, *SHAPE) and inputs.dtype == np.float32
     assert inputs[0, 20, 19, 21] == pytest.approx(25.0)
@@ -109,11 +132,35 @@ def test_normalize_inputs_divides_each_channel_by_its_median_in_the_mask():
     np.testing.assert_allclose(inputs[1][~mask], 0.0)
 
 
+def test_normalize_inputs_turns_a_missing_image_into_a_zero_channel():
+    """FLAIR-only input: the T1 channel is all zeros (the models saw this in training, t1_dropout)."""
+    mask = brain_ball()
+    flair = np.where(mask, 4.0, 1.0).astype(np.float32)
+    inputs = segment.normalize_inputs([flair, None], mask)
+    assert inputs.shape == (2, *SHAPE) and inputs.dtype == np.float32
+    np.testing.assert_allclose(inputs[0][mask], 1.0)
+    np.testing.assert_allclose(inputs[0][~mask], 0.25)
+    assert not inputs[1].any()
+
+
+def test_normalize_inputs_stacks_four_channels_in_the_given_order():
+    mask = brain_ball()
+    images = [np.where(mask, value, 0.0).astype(np.float32) * ramp
+              for value, ramp in ((2.0, 1), (3.0, 2), (5.0, 3), (7.0, 4))]
+    inputs = segment.normalize_inputs(images, mask)
+    assert inputs.shape == (4, *SHAPE)
+    for channel in range(4):
+        np.testing.assert_allclose(inputs[channel][mask], 1.0)
+    missing = segment.normalize_inputs([images[0], images[1], None, None], mask)
+    np.testing.assert_array_equal(missing[:2], inputs[:2])
+    assert not missing[2:].any()
+
+
 def test_normalize_inputs_accepts_integer_images_and_keeps_them():
     mask = brain_ball()
     flair = np.where(mask, 300, 0).astype(np.int16)
     t1 = np.where(mask, 50, 0).astype(np.int16)
-    inputs = segment.normalize_inputs(flair, t1, mask)
+    inputs = segment.normalize_inputs([flair, t1], mask)
     assert inputs.dtype == np.float32
     np.testing.assert_allclose(inputs[:, mask], 1.0)
     assert flair.dtype == np.int16 and flair[mask].max() == 300
@@ -121,99 +168,198 @@ def test_normalize_inputs_accepts_integer_images_and_keeps_them():
 
 def test_normalize_inputs_refuses_an_empty_mask():
     with pytest.raises(ModelError, match="empty brain mask"):
-        segment.normalize_inputs(np.ones(SHAPE), np.ones(SHAPE), np.zeros(SHAPE, bool))
+        segment.normalize_inputs([np.ones(SHAPE), np.ones(SHAPE)], np.zeros(SHAPE, bool))
 
 
 def test_normalize_inputs_refuses_an_image_that_is_zero_in_the_brain():
     mask = brain_ball()
     with pytest.raises(ModelError):
-        segment.normalize_inputs(np.ones(SHAPE), np.zeros(SHAPE), mask)
+        segment.normalize_inputs([np.ones(SHAPE), np.zeros(SHAPE)], mask)
 
 
-def test_load_model_round_trips_the_weights_exactly(tmp_path):
-    network = tiny_network(seed=3)
-    folder = save_model(tmp_path / "model", network)
-    loaded, card = segment.load_model(folder)
-    assert card["name"] == "tiny-test" and card["architecture"] == TINY
-    assert not loaded.training
-    saved, restored = network.state_dict(), loaded.state_dict()
+# --- bundles: writing and loading -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["per_visit", "change"])
+def test_bundle_round_trips_the_weights_exactly(tmp_path, task):
+    network = tiny_network(task, seed=3)
+    folder = save_bundle(tmp_path / "model", network, task)
+    loaded = bundle.load_bundle(folder, task)
+    assert loaded.folder == folder and not loaded.network.training
+    assert loaded.metadata["msvol"]["role"] == task
+    assert loaded.name == f"msvol-{task.replace('_', '-')}-unet-synth"
+    saved, restored = network.state_dict(), loaded.network.state_dict()
     assert saved.keys() == restored.keys()
     for key in saved:
         assert torch.equal(saved[key], restored[key]), key
     with torch.no_grad():
-        sample = torch.randn(1, 2, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-        assert torch.equal(network(sample), loaded(sample))
+        sample = torch.randn(1, len(bundle.CHANNELS[task]), 16, 16, 16, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(network(sample), loaded.network(sample))
 
 
-def test_load_model_names_the_missing_weights_file(tmp_path):
-    folder = save_model(tmp_path / "model", tiny_network())
-    (folder / segment.WEIGHTS_FILE).unlink()
+@pytest.mark.parametrize("task", ["per_visit", "change"])
+def test_bundle_is_readable_with_monai_alone(tmp_path, task):
+    """A researcher needs only MONAI: ConfigParser builds network_def and the inferer, and the state dict fits."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import SlidingWindowInferer
+
+    folder = save_bundle(tmp_path / "model", tiny_network(task), task)
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
+    assert network.in_channels == len(bundle.CHANNELS[task]) and network.out_channels == 1
+    assert isinstance(parser.get_parsed_content("inferer"), SlidingWindowInferer)
+    metadata = json.loads((folder / "configs" / "metadata.json").read_text())
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == len(bundle.CHANNELS[task])
+    assert list(image["channel_def"].values()) == bundle.CHANNELS[task]
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    for key in ("version", "monai_version", "pytorch_version", "intended_use", "data_source", "task"):
+        assert metadata.get(key), f"metadata lacks '{key}'"
+    assert "not a medical device" in metadata["intended_use"]
+
+
+def test_bundle_train_yaml_records_the_settings(tmp_path):
+    import yaml
+
+    settings = TrainSettings(task="change", channels=TINY_CHANNELS, steps=7, seed=3)
+    folder = bundle.write_bundle(tmp_path / "model", tiny_network("change"), settings)
+    recorded = yaml.safe_load((folder / "configs" / "train.yaml").read_text())
+    assert recorded["task"] == "change" and recorded["steps"] == 7 and recorded["seed"] == 3
+    assert recorded["channels"] == list(TINY_CHANNELS)
+
+
+@pytest.mark.parametrize("part", ["configs/metadata.json", "configs/inference.json", "models/model.pt"])
+def test_load_bundle_names_the_missing_file(tmp_path, part):
+    folder = save_bundle(tmp_path / "model", tiny_network())
+    (folder / part).unlink()
     with pytest.raises(ModelError) as caught:
-        segment.load_model(folder)
-    assert str(folder / segment.WEIGHTS_FILE) in str(caught.value)
+        bundle.load_bundle(folder, "per_visit")
+    assert str(folder / part) in str(caught.value)
 
 
-def test_load_model_names_the_missing_card(tmp_path):
-    folder = save_model(tmp_path / "model", tiny_network())
-    (folder / segment.CARD_FILE).unlink()
+def test_load_bundle_of_a_folder_that_is_not_a_bundle_names_what_is_needed(tmp_path):
     with pytest.raises(ModelError) as caught:
-        segment.load_model(folder)
-    assert str(folder / segment.CARD_FILE) in str(caught.value)
+        bundle.load_bundle(tmp_path, "per_visit")
+    assert "configs/metadata.json" in str(caught.value) and "models/model.pt" in str(caught.value)
 
 
-def test_load_model_refuses_weights_that_do_not_fit_the_card(tmp_path):
-    folder = save_model(tmp_path / "model", tiny_network(), architecture={"channels": [8, 16], "strides": [2]})
+@pytest.mark.parametrize("task, asked", [("per_visit", "change"), ("change", "per_visit")])
+def test_load_bundle_refuses_a_bundle_of_the_other_role(tmp_path, task, asked):
+    folder = save_bundle(tmp_path / "model", tiny_network(task), task)
     with pytest.raises(ModelError) as caught:
-        segment.load_model(folder)
-    assert str(folder / segment.WEIGHTS_FILE) in str(caught.value)
+        bundle.load_bundle(folder, asked)
+    message = str(caught.value)
+    assert str(folder / "configs" / "metadata.json") in message
+    assert repr(task) in message and repr(asked) in message
 
 
-def test_load_model_refuses_a_card_that_is_not_json(tmp_path):
-    folder = save_model(tmp_path / "model", tiny_network())
-    (folder / segment.CARD_FILE).write_text("{not json")
-    with pytest.raises(ModelError):
-        segment.load_model(folder)
+def test_load_bundle_refuses_metadata_without_a_role(tmp_path):
+    folder = save_bundle(tmp_path / "model", tiny_network())
+    path = folder / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    del metadata["msvol"]
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match="role"):
+        bundle.load_bundle(folder, "per_visit")
+
+
+def test_load_bundle_refuses_weights_that_do_not_fit_the_network_def(tmp_path):
+    folder = save_bundle(tmp_path / "model", tiny_network())
+    path = folder / "configs" / "inference.json"
+    inference = json.loads(path.read_text())
+    inference["network_def"]["channels"] = [8, 16]
+    path.write_text(json.dumps(inference))
+    with pytest.raises(ModelError) as caught:
+        bundle.load_bundle(folder, "per_visit")
+    assert str(folder / "models" / "model.pt") in str(caught.value)
+
+
+def test_load_bundle_refuses_metadata_that_is_not_json(tmp_path):
+    folder = save_bundle(tmp_path / "model", tiny_network())
+    path = folder / "configs" / "metadata.json"
+    path.write_text("{not json")
+    with pytest.raises(ModelError) as caught:
+        bundle.load_bundle(folder, "per_visit")
+    assert str(path) in str(caught.value) and "JSON" in str(caught.value)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_load_model_refuses_a_damaged_weights_file(tmp_path, damage):
-    folder = save_model(tmp_path / "model", tiny_network())
-    weights = folder / segment.WEIGHTS_FILE
+def test_load_bundle_refuses_a_damaged_weights_file(tmp_path, damage):
+    folder = save_bundle(tmp_path / "model", tiny_network())
+    weights = folder / "models" / "model.pt"
     content = weights.read_bytes()
     weights.write_bytes(content[: len(content) // 2] if damage == "truncated" else b"not a checkpoint")
     with pytest.raises(ModelError) as caught:
-        segment.load_model(folder)
+        bundle.load_bundle(folder, "per_visit")
     assert str(weights) in str(caught.value)
 
 
+# --- segment_visit and predict_change -------------------------------------------------------------
+
+
 def test_segment_visit_returns_probability_on_the_flair_grid(tmp_path):
-    mask = brain_ball()
-    rng = np.random.default_rng(2)
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = [-20.0, -25.0, -15.0]
-    flair = Volume(np.where(mask, 100.0, 5.0).astype(np.float32) + rng.normal(0, 1, SHAPE).astype(np.float32),
-                   affine, "FLAIR")
-    t1 = flair.with_data(np.where(mask, 80.0, 3.0).astype(np.float32), "T1w")
-    brain = flair.with_data(mask, "mask")
-    visit = PreparedVisit("01", dt.date(2020, 1, 1), flair, t1, brain, Rigid(np.eye(4)), t1, brain, Acquisition())
-    network = tiny_network()
-    probability, methods = segment.segment_visit(visit, PARAMS, model=(network, {"name": "tiny-test"}))
+    model = tiny_bundle(tmp_path)
+    visit = prepared_visit()
+    probability, methods = segment.segment_visit(visit, PARAMS, model)
     assert probability.kind == "probability"
-    np.testing.assert_array_equal(probability.affine, affine)
+    np.testing.assert_array_equal(probability.affine, visit.flair.affine)
+    mask = visit.brain_mask.data
     np.testing.assert_array_equal(probability.data, segment.predict_probability(
-        network, segment.normalize_inputs(flair.data, t1.data, mask), mask, PARAMS))
-    assert "tiny-test" in methods and "[monai, ronneberger2015]" in methods
+        model.network, segment.normalize_inputs([visit.flair.data, visit.t1_on_flair.data], mask), mask, PARAMS))
+    assert model.name in methods and "[monai, ronneberger2015, billot2023]" in methods
 
 
-SHIPPED = segment.MODEL_DIR / segment.WEIGHTS_FILE
+def test_segment_visit_without_t1_runs_on_flair_and_a_zero_channel(tmp_path):
+    model = tiny_bundle(tmp_path)
+    visit = prepared_visit(with_t1=False)
+    probability, _ = segment.segment_visit(visit, PARAMS, model)
+    assert probability.data.shape == SHAPE
+    np.testing.assert_array_equal(probability.affine, visit.flair.affine)
+    mask = visit.brain_mask.data
+    flair_only = np.stack([segment.normalize_inputs([visit.flair.data], mask)[0], np.zeros(SHAPE, np.float32)])
+    np.testing.assert_array_equal(probability.data,
+                                  segment.predict_probability(model.network, flair_only, mask, PARAMS))
+    with_t1, _ = segment.segment_visit(prepared_visit(with_t1=True), PARAMS, model)
+    assert not np.array_equal(with_t1.data, probability.data), "the T1 channel reaches the network"
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="msvol/models/lesion_unet.pt not shipped yet")
-def test_shipped_model_loads_offline_and_has_a_model_card():
-    network, card = segment.load_model()
-    assert not network.training
+def test_segment_visit_methods_of_a_flair_only_visit_do_not_claim_a_t1(tmp_path):
+    _, methods = segment.segment_visit(prepared_visit(with_t1=False), PARAMS, tiny_bundle(tmp_path))
+    assert "T1" not in methods
+
+
+def test_predict_change_uses_both_visits_in_the_documented_channel_order(tmp_path):
+    model = tiny_bundle(tmp_path, "change")
+    mask = brain_ball()
+    rng = np.random.default_rng(4)
+    flairs = tuple(np.where(mask, 100.0, 5.0).astype(np.float32) + rng.normal(0, 1, SHAPE).astype(np.float32)
+                   for _ in range(2))
+    t1s = tuple(np.where(mask, 80.0, 3.0).astype(np.float32) + rng.normal(0, 1, SHAPE).astype(np.float32)
+                for _ in range(2))
+    probability = segment.predict_change(flairs, t1s, mask, PARAMS, model)
+    assert probability.shape == SHAPE and probability.dtype == np.float32
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
+    expected = segment.predict_probability(
+        model.network, segment.normalize_inputs([flairs[0], flairs[1], t1s[0], t1s[1]], mask), mask, PARAMS)
+    np.testing.assert_array_equal(probability, expected)
+
+
+# --- the shipped bundles --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (bundle.SHIPPED["per_visit"] / "models" / "model.pt").exists(),
+                    reason="trained bundles not yet shipped")
+@pytest.mark.parametrize("role", ["per_visit", "change"])
+def test_shipped_bundles_load_offline(role):
+    model = bundle.load_bundle(None, role)
+    assert model.folder == bundle.SHIPPED[role]
+    assert model.metadata["msvol"]["role"] == role
+    assert not model.network.training
     with torch.no_grad():
-        logits = network(torch.zeros(1, 2, 32, 32, 32))
+        logits = model.network(torch.zeros(1, len(bundle.CHANNELS[role]), 32, 32, 32))
     assert tuple(logits.shape) == (1, 1, 32, 32, 32)
-    for field in ("name", "architecture", "intended_use", "training_data", "input_contract", "output"):
-        assert card.get(field), f"model card lacks '{field}'"
+    for key in ("name", "version", "intended_use", "data_source", "network_data_format", "changelog"):
+        assert model.metadata.get(key), f"metadata lacks '{key}'"
+    assert (model.folder / "configs" / "train.yaml").is_file()

@@ -1,6 +1,7 @@
 """The generator is our ground truth, so its truth must agree with what it renders.
 
-One full-size patient with two visits (~1 minute); the sample data's truth is checked too.
+One full-size patient with two visits (~1 minute, the `patient` fixture); the sample data's truth is
+checked too. Lesion plans, fates and settings are checked without rendering anything.
 """
 
 import json
@@ -62,12 +63,92 @@ def test_lesions_are_flair_bright_and_t1_dark(patient):
 def test_same_seed_same_plan():
     """Determinism where it is cheap to check: the same seed draws the same lesion plan."""
     affine = synth.scanner_affine()
-    grid = np.stack(np.meshgrid(*[np.arange(40, 140, 10)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    candidates = {site: grid for site in synth.SITES}
+    candidates = grid_candidates()
     plans = [synth._plan(np.random.default_rng(5), synth.SynthSettings(n_baseline_lesions=(3, 3)), candidates,
                          affine) for _ in range(2)]
     assert np.array_equal(plans[0].scales, plans[1].scales)
     assert [s.centre_mm.tolist() for s in plans[0].shapes] == [s.centre_mm.tolist() for s in plans[1].shapes]
+
+
+def grid_candidates() -> dict:
+    """Every site's candidate centres: the same coarse grid of voxel indices (no anatomy needed)."""
+    grid = np.stack(np.meshgrid(*[np.arange(40, 140, 10)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    return {site: grid for site in synth.SITES}
+
+
+@pytest.mark.parametrize("before, after, fate", [
+    (0.0, 1.0, "new"),
+    (0.0, 0.5, "new"),
+    (1.0, 0.0, "resolved"),
+    (1.32, 0.0, "resolved"),
+    (1.0, 1.0, "stable"),
+    (1.0, 1.32, "enlarging"),  # volume x 2.30
+    (1.0, 1.144, "stable"),  # volume x 1.497
+    (1.0, 1.146, "enlarging"),  # volume x 1.505
+    (1.32, 1.32, "stable"),
+    (1.0, 0.78, "shrinking"),  # volume x 0.47
+    (1.0, 0.875, "stable"),  # volume x 0.67 (> 1 / 1.5)
+    (1.0, 0.872, "shrinking"),  # volume x 0.663
+])
+def test_fate_follows_the_volume_ratio_of_the_scales(before, after, fate):
+    assert synth._fate(before, after) == fate
+
+
+def test_default_settings_are_those_of_the_committed_sample_data():
+    """sample_data was generated with these; training-only features are off by default."""
+    settings = synth.SynthSettings()
+    assert synth.SITES == ("periventricular", "deep_white_matter", "juxtacortical", "infratentorial")
+    assert settings.site_weights == (0.45, 0.35, 0.2, 0.0)
+    assert len(settings.site_weights) == len(synth.SITES)
+    assert settings.confluent_fraction == 0.0
+    assert settings.contrast == "standard"
+
+
+def test_default_plan_draws_what_the_three_site_generator_drew(monkeypatch):
+    """A zero-weight fourth site and no confluent draw leave the random stream untouched, so the same
+    seed places the same lesions as before issue 3 (three sites, weights 0.45/0.35/0.2)."""
+    affine = synth.scanner_affine()
+    candidates = grid_candidates()
+    now = synth._plan(np.random.default_rng(5), synth.SynthSettings(n_baseline_lesions=(6, 6)), candidates, affine)
+    monkeypatch.setattr(synth, "SITES", synth.SITES[:3])
+    before = synth._plan(np.random.default_rng(5), synth.SynthSettings(n_baseline_lesions=(6, 6),
+                                                                     site_weights=(0.45, 0.35, 0.2)),
+                         candidates, affine)
+    assert np.array_equal(now.scales, before.scales) and now.dates == before.dates
+    assert [(s.site, s.centre_mm.tolist(), s.radius_mm) for s in now.shapes] == \
+        [(s.site, s.centre_mm.tolist(), s.radius_mm) for s in before.shapes]
+    assert "infratentorial" not in {shape.site for shape in now.shapes}
+
+
+def test_site_weights_choose_the_sites():
+    settings = synth.SynthSettings(n_baseline_lesions=(4, 4), site_weights=(0.0, 0.0, 0.0, 1.0))
+    plan = synth._plan(np.random.default_rng(1), settings, grid_candidates(), synth.scanner_affine())
+    assert {shape.site for shape in plan.shapes} == {"infratentorial"}
+
+
+def test_confluent_lesions_touch_an_earlier_lesion_and_others_stay_apart():
+    affine = synth.scanner_affine()
+    apart = synth._plan(np.random.default_rng(2), synth.SynthSettings(n_baseline_lesions=(5, 5)), grid_candidates(),
+                        affine).shapes
+    for index, shape in enumerate(apart):
+        for other in apart[:index]:
+            assert np.linalg.norm(shape.centre_mm - other.centre_mm) > 1.45 * (shape.radius_mm + other.radius_mm) + 4
+    # Every lesion confluent: the second is centred on the first one's edge, 0.8 of its bounding radius
+    # from its centre. (A confluent lesion must stay apart from all but its anchor, so at most two fit.)
+    settings = synth.SynthSettings(n_visits=1, n_baseline_lesions=(2, 2), confluent_fraction=1.0)
+    first, second = synth._plan(np.random.default_rng(2), settings, grid_candidates(), affine).shapes
+    assert np.linalg.norm(second.centre_mm - first.centre_mm) == pytest.approx(0.8 * first.radius_mm)
+
+
+def test_contrast_presets_share_tissues_and_shifted_moves_flair_lesions_closer_to_white_matter():
+    from msvol.synth_anatomy import CONTRASTS
+
+    assert set(CONTRASTS) == {"standard", "shifted"}
+    (flair, t1), (shifted_flair, shifted_t1) = CONTRASTS["standard"], CONTRASTS["shifted"]
+    assert set(flair) == set(shifted_flair) and set(t1) == set(shifted_t1)
+    assert shifted_flair["lesion"] / shifted_flair["wm"] == pytest.approx(1.3)
+    assert shifted_flair["lesion"] / shifted_flair["wm"] < flair["lesion"] / flair["wm"]
+    assert shifted_flair["csf"] > flair["csf"], "incomplete fluid suppression"
 
 
 def test_written_patient_is_bids_with_truth(patient, tmp_path):

@@ -1,0 +1,233 @@
+"""Tests for evaluate: hand-made cubes on a 20x20x20 grid of 2 mm voxels (8 mm3), written in both
+truth layouts, with every expected number worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msvol.errors import InputError
+from msvol.evaluate import SIZE_BINS_MM3, evaluate, render_table, score_new_lesions, score_scan
+
+SHAPE = (20, 20, 20)
+AFFINE = np.array([[2.0, 0, 0, -20], [0, 2, 0, -30], [0, 0, 2, 10], [0, 0, 0, 1]])  # voxel = 8 mm3
+
+
+def labels(*cubes) -> np.ndarray:
+    """Label map from (value, (x0, x1, y0, y1, z0, z1)) half-open boxes."""
+    data = np.zeros(SHAPE, dtype=np.int16)
+    for value, (x0, x1, y0, y1, z0, z1) in cubes:
+        data[x0:x1, y0:y1, z0:z1] = value
+    return data
+
+
+# Baseline scan, truth: A 5^3 = 125 voxels = 1000 mm3 (>500); B 3^3 = 27 voxels = 216 mm3 (100-500);
+# C 2^3 = 8 voxels = 64 mm3 (<100). A and C share label 5: label values are not lesions.
+A, B, C = (2, 7, 2, 7, 2, 7), (10, 13, 2, 5, 2, 5), (15, 17, 15, 17, 15, 17)
+TRUTH_01 = labels((5, A), (7, B), (5, C))
+# Prediction: A exactly; B split in two 9-voxel slabs (z = 2 and z = 4, not 26-connected); C missed;
+# a false positive of 8 voxels. Truth 160 voxels, predicted 151, overlap 143.
+PRED_01 = labels((1, A), (1, (10, 13, 2, 5, 2, 3)), (1, (10, 13, 2, 5, 4, 5)), (1, (15, 17, 2, 4, 15, 17)))
+
+# Follow-up truth (synth ids): 1 stable (A); 2 new, 27 voxels = 216 mm3; 3 new, 2 voxels = 16 mm3
+# (>= the 14 mm3 minimum, < 30); 4 new_below_minimum, 1 voxel = 8 mm3; 5 enlarging, 48 voxels.
+NEW_LARGE, NEW_SMALL, BELOW_MIN, ENLARGING = (10, 13, 10, 13, 10, 13), (15, 16, 2, 3, 10, 12), \
+    (17, 18, 17, 18, 17, 18), (2, 5, 14, 18, 14, 18)
+TRUTH_02 = labels((1, A), (2, NEW_LARGE), (3, NEW_SMALL), (4, BELOW_MIN), (5, ENLARGING))
+FATES = {"1": "stable", "2": "new", "3": "new", "4": "new_below_minimum", "5": "enlarging"}
+# Predicted new: one voxel in lesion 2 (hit), one on lesion 4 (below minimum), one inside the stable
+# lesion (false), one in empty space (false). lesion 3 is missed. Predicted enlarging: one voxel of 5.
+PRED_NEW = labels((1, (11, 12, 11, 12, 11, 12)), (2, BELOW_MIN), (3, (3, 5, 3, 5, 3, 5)), (4, (7, 9, 16, 18, 2, 4)))
+PRED_ENLARGING = labels((1, (3, 4, 15, 16, 15, 16)))
+TRUE_PBVC, MEASURED_PBVC = -0.5, -0.8
+
+
+def save(data: np.ndarray, path, affine=AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(data, affine).to_filename(path)
+
+
+def write_prediction(root) -> None:
+    subject = root / "sub-01"
+    save(PRED_01, subject / "ses-01" / "lesions.nii.gz")
+    save(TRUTH_02, subject / "ses-02" / "lesions.nii.gz")  # a perfect follow-up segmentation
+    save(PRED_01, subject / "ses-03" / "lesions.nii.gz")  # no truth for ses-03
+    save(PRED_NEW, subject / "intervals" / "ses-01_to_ses-02" / "new_lesions.nii.gz")
+    save(PRED_ENLARGING, subject / "intervals" / "ses-01_to_ses-02" / "enlarging_lesions.nii.gz")
+    (subject / "report.json").write_text(json.dumps({"subject": "01", "intervals": [
+        {"from_session": "01", "to_session": "02", "pbvc_percent": MEASURED_PBVC}]}))
+    save(PRED_01, root / "sub-02" / "ses-01" / "lesions.nii.gz")  # a subject without truth
+
+
+def write_synth_truth(root) -> None:
+    folder = root / "derivatives" / "truth" / "sub-01"
+    save(TRUTH_01, folder / "sub-01_ses-01_lesions.nii.gz")
+    save(TRUTH_02, folder / "sub-01_ses-02_lesions.nii.gz")
+    (folder / "sub-01_truth.json").write_text(json.dumps({"intervals": [
+        {"from_session": "01", "to_session": "02", "pbvc_percent": TRUE_PBVC, "fates": FATES}]}))
+
+
+def write_generic_truth(root) -> None:
+    subject = root / "sub-01"
+    save(TRUTH_01, subject / "ses-01" / "lesions.nii.gz")
+    save(TRUTH_02, subject / "ses-02" / "lesions.nii.gz")
+    interval = subject / "intervals" / "ses-01_to_ses-02"
+    save(labels((1, NEW_LARGE), (2, NEW_SMALL)), interval / "new_lesions.nii.gz")
+    save(labels((5, ENLARGING)), interval / "enlarging_lesions.nii.gz")
+    (subject / "pbvc.json").write_text(json.dumps({"ses-01_to_ses-02": TRUE_PBVC}))
+
+
+@pytest.fixture
+def prediction(tmp_path):
+    write_prediction(tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_scan_metrics_for_the_baseline_case():
+    scan = score_scan(PRED_01 > 0, TRUTH_01 > 0, 8.0)
+    assert scan["truth_lesions"] == 3 and scan["pred_lesions"] == 4
+    assert scan["detected"] == 2  # A, and B once although split; C missed
+    assert scan["true_positive_pred"] == 3 and scan["false_positives"] == 1  # both halves of B are hits
+    assert scan["sensitivity"] == pytest.approx(2 / 3)
+    assert scan["precision"] == pytest.approx(3 / 4)
+    assert scan["f1"] == pytest.approx(12 / 17)  # 2 (2/3)(3/4) / (2/3 + 3/4)
+    assert scan["dice"] == pytest.approx(2 * 143 / (151 + 160))
+    assert scan["truth_volume_mm3"] == 1280.0 and scan["pred_volume_mm3"] == 1208.0
+    assert scan["volume_ratio"] == pytest.approx(151 / 160)
+    assert scan["sensitivity_by_size"] == {"<100": {"truth": 1, "detected": 0, "sensitivity": 0.0},
+                                           "100-500": {"truth": 1, "detected": 1, "sensitivity": 1.0},
+                                           ">500": {"truth": 1, "detected": 1, "sensitivity": 1.0}}
+
+
+def test_components_are_26_connected_and_bins_include_their_lower_bound():
+    truth = np.zeros((6, 6, 6), dtype=bool)
+    truth[1, 1, 1] = truth[2, 2, 2] = True  # corner contact only: one lesion
+    truth[4, 4, 4:6] = True
+    scan = score_scan(truth, truth, 50.0)  # lesions of 100 mm3 each: lower bound of "100-500"
+    assert scan["truth_lesions"] == 2 and scan["sensitivity_by_size"]["100-500"]["truth"] == 2
+    assert SIZE_BINS_MM3 == ((0, 100), (100, 500), (500, float("inf")))
+
+
+def test_empty_sides_have_explicit_values():
+    empty, one = np.zeros(SHAPE, bool), labels((1, C)) > 0
+    assert {key: score_scan(empty, empty, 8.0)[key] for key in ("sensitivity", "precision", "f1", "dice",
+                                                                 "volume_ratio")} == {
+        "sensitivity": None, "precision": None, "f1": 1.0, "dice": 1.0, "volume_ratio": None}
+    only_predicted = score_scan(one, empty, 8.0)
+    assert (only_predicted["sensitivity"], only_predicted["precision"], only_predicted["f1"],
+            only_predicted["false_positives"]) == (None, 0.0, 0.0, 1)
+    only_truth = score_scan(empty, one, 8.0)
+    assert (only_truth["sensitivity"], only_truth["precision"], only_truth["f1"], only_truth["dice"]) == (
+        0.0, None, 0.0, 0.0)
+
+
+def test_new_lesion_threshold_of_30_mm3_is_inclusive():
+    truth = np.zeros((8, 8, 8), dtype=bool)
+    truth[1, 1, 1:4] = True  # 3 voxels x 10 mm3 = 30 mm3
+    truth[5, 5, 5] = True  # 10 mm3
+    new = score_new_lesions(truth, truth, 10.0)
+    assert (new["truth_new"], new["truth_new_ge30"], new["detected_new_ge30"]) == (2, 1, 1)
+
+
+def test_synth_layout(prediction, tmp_path):
+    write_synth_truth(tmp_path / "bids")
+    result = evaluate(prediction, tmp_path / "bids")
+    json.dumps(result, allow_nan=False)  # JSON-ready
+    assert result["truth_layout"] == "synth"
+    assert [(scan["subject"], scan["session"]) for scan in result["scans"]] == [("01", "01"), ("01", "02")]
+    assert result["scans"][1]["dice"] == 1.0 and result["scans"][1]["truth_lesions"] == 5
+    (pair,) = result["pairs"]
+    assert (pair["truth_new"], pair["detected_new"], pair["new_sensitivity"]) == (2, 1, 0.5)
+    assert (pair["truth_new_ge30"], pair["detected_new_ge30"], pair["new_sensitivity_ge30"]) == (1, 1, 1.0)
+    # The hit on lesion 4 (new_below_minimum) is not false; the ones in the stable lesion and in space are.
+    assert (pair["pred_new"], pair["false_new"]) == (4, 2)
+    assert (pair["truth_enlarging"], pair["detected_enlarging"], pair["enlarging_sensitivity"]) == (1, 1, 1.0)
+    assert pair["pbvc_error_percent"] == -0.3  # measured -0.8 minus true -0.5, rounded to 1e-9
+    overall = result["overall"]
+    assert (overall["scans"], overall["truth_lesions"], overall["detected"]) == (2, 8, 7)
+    assert (overall["pred_lesions"], overall["true_positive_pred"], overall["false_positives"]) == (9, 8, 1)
+    assert overall["sensitivity"] == pytest.approx(7 / 8) and overall["precision"] == pytest.approx(8 / 9)
+    assert overall["f1"] == pytest.approx(2 * (7 / 8) * (8 / 9) / (7 / 8 + 8 / 9))
+    assert overall["mean_dice"] == pytest.approx((286 / 311 + 1) / 2)
+    assert overall["mean_volume_ratio"] == pytest.approx((151 / 160 + 1) / 2)
+    # Follow-up bins: lesion 3 (16), 4 (8) -> <100; 2 (216), 5 (384) -> 100-500; A -> >500.
+    assert overall["sensitivity_by_size"]["<100"] == {"truth": 3, "detected": 2, "sensitivity": 2 / 3}
+    assert overall["sensitivity_by_size"]["100-500"]["truth"] == 3
+    assert (overall["new_sensitivity"], overall["new_sensitivity_ge30"], overall["mean_false_new_per_pair"]) == (
+        0.5, 1.0, 2.0)
+    assert overall["max_abs_pbvc_error_percent"] == pytest.approx(0.3)
+    assert overall["mean_pbvc_error_percent"] == pytest.approx(-0.3)
+    assert {(entry["subject"], entry.get("session"), entry["reason"]) for entry in result["skipped"]} == {
+        ("02", None, "in prediction only"), ("01", "03", "in prediction only")}
+    # The derivatives/truth folder itself is accepted too, with the same numbers.
+    direct = evaluate(prediction, tmp_path / "bids" / "derivatives" / "truth")
+    assert direct["overall"] == overall
+
+
+def test_generic_layout_counts_every_unmatched_prediction_as_false_new(prediction, tmp_path):
+    write_generic_truth(tmp_path / "truth")
+    result = evaluate(prediction, tmp_path / "truth")
+    assert result["truth_layout"] == "generic"
+    assert result["scans"][0]["f1"] == pytest.approx(12 / 17)
+    (pair,) = result["pairs"]
+    # No below-minimum class here: the prediction on that spot is a false new lesion.
+    assert (pair["truth_new"], pair["detected_new"], pair["pred_new"], pair["false_new"]) == (2, 1, 4, 3)
+    assert pair["enlarging_sensitivity"] == 1.0
+    assert (pair["pbvc_measured_percent"], pair["pbvc_true_percent"]) == (MEASURED_PBVC, TRUE_PBVC)
+
+
+def test_interval_without_new_lesion_truth_is_reported(prediction, tmp_path):
+    write_generic_truth(tmp_path / "truth")
+    (tmp_path / "truth" / "sub-01" / "intervals" / "ses-01_to_ses-02" / "new_lesions.nii.gz").unlink()
+    result = evaluate(prediction, tmp_path / "truth")
+    (pair,) = result["pairs"]
+    assert pair["new_sensitivity"] is None and pair["pbvc_error_percent"] == pytest.approx(-0.3)
+    assert result["overall"]["pairs_with_new_lesion_truth"] == 0 and result["overall"]["new_sensitivity"] is None
+    assert any("new-lesion metrics not computed" in entry["reason"] for entry in result["skipped"])
+
+
+def test_grid_mismatch_names_the_file(prediction, tmp_path):
+    write_generic_truth(tmp_path / "truth")
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 1.0
+    save(PRED_01, prediction / "sub-01" / "ses-01" / "lesions.nii.gz", shifted)
+    with pytest.raises(InputError, match=r"sub-01/ses-01/lesions\.nii\.gz: grid differs"):
+        evaluate(prediction, tmp_path / "truth")
+    save(PRED_01[:-1], prediction / "sub-01" / "ses-01" / "lesions.nii.gz")
+    with pytest.raises(InputError, match=r"shape \(19, 20, 20\) vs \(20, 20, 20\)"):
+        evaluate(prediction, tmp_path / "truth")
+
+
+def test_bad_inputs_raise_input_errors(prediction, tmp_path):
+    with pytest.raises(InputError, match="truth folder not found"):
+        evaluate(prediction, tmp_path / "missing")
+    write_generic_truth(tmp_path / "truth")
+    (tmp_path / "truth" / "sub-01").rename(tmp_path / "truth" / "sub-09")
+    with pytest.raises(InputError, match="no subject in common"):
+        evaluate(prediction, tmp_path / "truth")
+    (tmp_path / "truth" / "sub-09").rename(tmp_path / "truth" / "sub-01")
+    broken = prediction / "sub-01" / "ses-02" / "lesions.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match=r"ses-02/lesions\.nii\.gz: cannot be read"):
+        evaluate(prediction, tmp_path / "truth")
+
+
+def test_render_table_shows_the_key_figures(prediction, tmp_path):
+    write_synth_truth(tmp_path / "bids")
+    table = render_table(evaluate(prediction, tmp_path / "bids"))
+    assert "2 scans, 1 pairs (truth layout: synth)" in table
+    scan_line = next(line for line in table.splitlines() if line.startswith("sub-01 ses-01 "))
+    assert scan_line.split()[2:] == ["3", "4", "2", "1", "0.667", "0.750", "0.706", "0.920", "0.944"]
+    pair_line = next(line for line in table.splitlines() if line.startswith("sub-01 ses-01->ses-02"))
+    assert pair_line.split()[2:] == ["2", "1", "0.500", "1", "1.000", "2", "1.000", "-0.300"]
+    assert "<100 2/3 = 0.667" in table
+    assert "sub-02: in prediction only" in table and "sub-01 ses-03: in prediction only" in table
+
+
+def test_volumes_use_the_affine_voxel_volume(prediction, tmp_path):
+    write_generic_truth(tmp_path / "truth")
+    scan = evaluate(prediction, tmp_path / "truth")["scans"][0]
+    assert (scan["truth_volume_mm3"], scan["pred_volume_mm3"]) == (160 * 8.0, 151 * 8.0)
