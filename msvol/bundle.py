@@ -2,7 +2,8 @@
 
 Layout (MONAI bundle specification), one folder per model:
   configs/metadata.json   version, task, input/output contract (network_data_format), msvol role
-  configs/inference.json  network_def and a sliding-window inferer, for monai.bundle.ConfigParser
+  configs/inference.json  network_def (a MONAI UNet plus a 1x1 head) and a sliding-window inferer,
+                          for monai.bundle.ConfigParser
   configs/train.yaml      the `msvol train` settings that produced the weights
   models/model.pt         the network's state dict
   training/loss.csv       the loss curve of that run (when present)
@@ -41,18 +42,31 @@ class Bundle:
         return self.metadata.get("name", self.folder.name)
 
 
+HEAD_CHANNELS = 8
+
+
 def architecture(task: str, channels=(16, 32, 64, 128)) -> dict:
-    """The network_def of a MONAI UNet for `task` (2 input channels per visit, 1 output logit)."""
-    return {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": len(CHANNELS[task]),
-            "out_channels": 1, "channels": list(channels), "strides": [2] * (len(channels) - 1),
-            "num_res_units": 1, "norm": "instance"}
+    """The network definition for `task`, in MONAI bundle config syntax (ConfigParser).
+
+    A MONAI UNet (2 input channels per visit) whose top layer gives HEAD_CHANNELS feature maps,
+    then a 1x1 convolution to one logit. The head matters: MONAI's UNet with a single output
+    channel instance-normalises that channel, which forces every patch, lesion or not, to unit
+    variance; the old model's background sat at probability ~0.3 because of it.
+    """
+    return {
+        "imports": ["$import torch"],
+        "unet_def": {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": len(CHANNELS[task]),
+                     "out_channels": HEAD_CHANNELS, "channels": list(channels),
+                     "strides": [2] * (len(channels) - 1), "num_res_units": 1, "norm": "instance"},
+        "network_def": f"$torch.nn.Sequential(@unet_def, torch.nn.Conv3d({HEAD_CHANNELS}, 1, kernel_size=1))",
+    }
 
 
-def build_network(network_def: dict):
-    """Instantiate a network_def with MONAI's config parser (the same path MONAI's tools take)."""
+def build_network(definition: dict):
+    """Instantiate an `architecture` with MONAI's config parser (the same path MONAI's tools take)."""
     from monai.bundle import ConfigParser
 
-    return ConfigParser({"network_def": network_def}).get_parsed_content("network_def")
+    return ConfigParser(dict(definition)).get_parsed_content("network_def")
 
 
 def write_bundle(folder: Path, network, settings) -> Path:
@@ -91,9 +105,8 @@ def write_bundle(folder: Path, network, settings) -> Path:
                   "trained_on": platform.processor() or platform.machine()},
     }
     inference = {
-        "imports": ["$import torch"],
+        **spec,
         "device": "$torch.device('cpu')",
-        "network_def": spec,
         "network": "$@network_def.to(@device)",
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 2,
                     "overlap": 0.25, "mode": "gaussian"},

@@ -63,10 +63,11 @@ def prepared_visit(with_t1: bool = True) -> PreparedVisit:
 
 @pytest.mark.parametrize("task, channels", [("per_visit", 2), ("change", 4)])
 def test_architecture_maps_the_task_channels_to_one_logit(task, channels):
-    spec = bundle.architecture(task)
-    assert spec["in_channels"] == channels == len(bundle.CHANNELS[task])
-    assert spec["out_channels"] == 1
-    assert len(spec["strides"]) == len(spec["channels"]) - 1
+    """A 1x1 head gives the logit: MONAI's UNet would instance-normalise a single output channel."""
+    unet = bundle.architecture(task)["unet_def"]
+    assert unet["in_channels"] == channels == len(bundle.CHANNELS[task])
+    assert unet["out_channels"] == bundle.HEAD_CHANNELS
+    assert len(unet["strides"]) == len(unet["channels"]) - 1
     with torch.no_grad():
         logits = tiny_network(task)(torch.zeros(1, channels, 32, 32, 32))
     assert tuple(logits.shape) == (1, 1, 32, 32, 32)
@@ -208,7 +209,7 @@ def test_bundle_is_readable_with_monai_alone(tmp_path, task):
     parser.read_config(str(folder / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
-    assert network.in_channels == len(bundle.CHANNELS[task]) and network.out_channels == 1
+    assert network[0].in_channels == len(bundle.CHANNELS[task]) and network[-1].out_channels == 1
     assert isinstance(parser.get_parsed_content("inferer"), SlidingWindowInferer)
     metadata = json.loads((folder / "configs" / "metadata.json").read_text())
     image = metadata["network_data_format"]["inputs"]["image"]
@@ -269,7 +270,7 @@ def test_load_bundle_refuses_weights_that_do_not_fit_the_network_def(tmp_path):
     folder = save_bundle(tmp_path / "model", tiny_network())
     path = folder / "configs" / "inference.json"
     inference = json.loads(path.read_text())
-    inference["network_def"]["channels"] = [8, 16]
+    inference["unet_def"]["channels"] = [8, 16]
     path.write_text(json.dumps(inference))
     with pytest.raises(ModelError) as caught:
         bundle.load_bundle(folder, "per_visit")

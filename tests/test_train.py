@@ -82,7 +82,7 @@ def test_train_checkpoints_resumes_and_writes_a_bundle(tmp_path):
     assert folder == out / "bundle"
     assert (folder / "training" / "loss.csv").read_text() == (out / "loss.csv").read_text()
     model = bundle.load_bundle(folder, "per_visit")
-    assert model.network.in_channels == 2
+    assert model.network[0].in_channels == 2
     assert sum(parameter.numel() for parameter in model.network.parameters()) > 0
     with pytest.raises(ModelError, match="role"):
         bundle.load_bundle(folder, "change")
@@ -93,7 +93,7 @@ def test_train_change_task_writes_a_change_bundle(tmp_path):
     folder = train.train(tmp_path / "run", None, settings, log=lambda message: None, cases=tiny_cases("change"))
     assert [row[0] for row in _rows(tmp_path / "run" / "loss.csv")] == ["1", "2"]
     model = bundle.load_bundle(folder, "change")
-    assert model.network.in_channels == 4
+    assert model.network[0].in_channels == 4
     assert train.load_settings(folder / "configs" / "train.yaml") == settings
 
 
