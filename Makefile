@@ -29,10 +29,10 @@ sample-data: $(STAMP)
 	rm -rf sample_data/sub-01 sample_data/derivatives
 	$(VENV)/bin/msvol synth sample_data --subjects 1 --visits 3 --seed 7 --intensity-scale 170 --noise 0.008 0.012
 
-# The lesion models on 2 x 7 held-out synthetic patients (in and outside the training contrasts).
+# The lesion models on 2 x 8 held-out synthetic patients (in and outside the training contrasts).
 bench-heldout: $(STAMP)
-	$(PY) bench/heldout.py --contrast standard --subjects 7
-	$(PY) bench/heldout.py --contrast shifted --subjects 7
+	$(PY) bench/heldout.py --contrast standard --subjects 8
+	$(PY) bench/heldout.py --contrast shifted --subjects 8
 
 # Retrain both shipped lesion models from scratch with their own configs (CPU, in parallel; docs/MODEL.md).
 # Copy build/train-*/bundle over msvol/models/lesion_* to ship the result.

@@ -23,6 +23,7 @@ import numpy as np
 
 from msvol import evaluate, ingest, lesions, pipeline, preprocess, segment, synth
 from msvol.config import Params
+from msvol.errors import InputError
 
 
 def _generate(data_dir: Path, subjects: int, first_seed: int, contrast: str) -> None:
@@ -85,13 +86,19 @@ def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict
     pipeline._template_scale = scale_once
     times: dict = {}
     _timed_models(times)
+    set_aside = {}
     for subject_dir in ingest.find_subjects(data):
         cache.clear()
         scales.clear()
         patient = ingest.load_patient(subject_dir, fused_params.ingest)
-        for name, params in (("fused", fused_params), ("independent", independent_params)):
-            print(f"{contrast} {subject_dir.name} {name}", file=sys.stderr, flush=True)
-            pipeline.run_patient(patient, out / name, params, resources, force=True)
+        try:
+            for name, params in (("fused", fused_params), ("independent", independent_params)):
+                print(f"{contrast} {subject_dir.name} {name}", file=sys.stderr, flush=True)
+                pipeline.run_patient(patient, out / name, params, resources, force=True)
+        except InputError as exc:  # refused by the pipeline, as `msvol run` would set it aside
+            set_aside[subject_dir.name] = str(exc)
+            print(f"set aside {subject_dir.name}: {exc}", file=sys.stderr, flush=True)
+            continue
         _write_flair_only(list(cache.values()), patient, fused_params, resources, out / "flair_only")
     results = {name: evaluate.evaluate(out / name, data) for name in ("fused", "independent", "flair_only")}
     for name, result in results.items():
@@ -99,7 +106,7 @@ def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict
         print(f"\n== {contrast}: {name}\n{evaluate.render_table(result)}")
     per_visit, change = (float(np.mean(times[key])) for key in ("per-visit model", "change model"))
     summary = {
-        "contrast": contrast, "subjects": subjects, "first_seed": first_seed,
+        "contrast": contrast, "subjects": subjects, "first_seed": first_seed, "set_aside": set_aside,
         "per_visit_model_seconds_mean": per_visit, "change_model_seconds_mean": change,
         "both_models_seconds_per_pair": 2 * per_visit + change,
         "peak_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
@@ -111,7 +118,7 @@ def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--subjects", type=int, default=7)
+    parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench/work/heldout"))
     parser.add_argument("--contrast", choices=["standard", "shifted"], default="standard")
     parser.add_argument("--first-seed", type=int, default=600)

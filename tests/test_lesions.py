@@ -467,12 +467,12 @@ def test_fuse_leaves_shrinking_and_resolved_to_the_volumes(ball, affine):
 
 
 def test_fuse_without_the_change_model_changes_no_status_and_weights_confidence_by_volume(ball, affine):
-    """A split lesion (follow-up parts of 123 and 33 mm3, per-visit probability 0.6 and 0.9) and a new one."""
+    """A split lesion (follow-up parts of 123 and 33 mm3, per-visit probability 0.8 and 0.9) and a new one."""
     left, right = ((12, 30, 12), 3), ((12, 40, 12), 2)
     bridge = np.zeros(SHAPE, bool)
     bridge[11:14, 30:41, 11:14] = True
     base = spheres(ball, left, right) | bridge
-    follow_parts = {0.6: ball(SHAPE, *left), 0.9: ball(SHAPE, *right), 0.75: ball(SHAPE, *FAR)}
+    follow_parts = {0.8: ball(SHAPE, *left), 0.9: ball(SHAPE, *right), 0.75: ball(SHAPE, *FAR)}
     data = np.full(SHAPE, 0.05, np.float32)
     for value, mask in follow_parts.items():
         data[mask] = value
@@ -481,7 +481,7 @@ def test_fuse_without_the_change_model_changes_no_status_and_weights_confidence_
     changes = match_lesions(baseline, followup, baseline.labels.data, followup.labels.data, PARAMS)
     (split,) = [change for change in changes if change.split]
     (new,) = [change for change in changes if change.status == "new"]
-    expected = (0.6 * ball(SHAPE, *left).sum() + 0.9 * ball(SHAPE, *right).sum()) / \
+    expected = (0.8 * ball(SHAPE, *left).sum() + 0.9 * ball(SHAPE, *right).sum()) / \
         (ball(SHAPE, *left).sum() + ball(SHAPE, *right).sum())
     nothing_new = np.zeros(SHAPE, np.float32)  # would demote the new lesion if it were used
     off = dataclasses.replace(PARAMS, use_change_model=False)
