@@ -116,13 +116,45 @@ def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict
     return summary
 
 
+def _figure(value, digits=3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(root: Path) -> str:
+    """Tables of both presets' results (after both runs) for docs/BENCHMARKS.md."""
+    lines = ["| contrast | method | scans | pairs | Dice | lesion F1 | sensitivity <100 / 100-500 / >500 mm3 | "
+             "FP per scan | volume ratio | new sens. (>=30 mm3) | false new per pair | enlarging sens. | "
+             "PBVC mean abs error |", "|" + "---|" * 13]
+    for contrast in ("standard", "shifted"):
+        for name in ("fused", "independent", "flair_only"):
+            path = root / contrast / f"{name}.json"
+            if not path.exists():
+                continue
+            o = json.loads(path.read_text())["overall"]
+            bins = " / ".join(_figure(o["sensitivity_by_size"][b]["sensitivity"], 2) for b in evaluate.SIZE_BIN_LABELS)
+            new = (f"{_figure(o['new_sensitivity'])} ({_figure(o['new_sensitivity_ge30'])}; "
+                   f"{o['detected_new_ge30']}/{o['truth_new_ge30']})") if name != "flair_only" else "-"
+            lines.append(
+                f"| {contrast} | {name.replace('_', '-')} | {o['scans']} | {o['pairs'] if name != 'flair_only' else '-'} | "
+                f"{_figure(o['mean_dice'])} | {_figure(o['f1'])} | {bins} | {_figure(o['mean_false_positives_per_scan'], 2)} | "
+                f"{_figure(o['mean_volume_ratio'], 2)} | {new} | "
+                f"{_figure(o['mean_false_new_per_pair'], 2) if name != 'flair_only' else '-'} | "
+                f"{_figure(o['enlarging_sensitivity']) if name != 'flair_only' else '-'} | "
+                f"{_figure(o['mean_abs_pbvc_error_percent']) if name != 'flair_only' else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--markdown", action="store_true", help="Print the tables of finished runs and stop.")
     parser.add_argument("--subjects", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("bench/work/heldout"))
     parser.add_argument("--contrast", choices=["standard", "shifted"], default="standard")
     parser.add_argument("--first-seed", type=int, default=600)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.out))
+        return
     summary = run_preset(args.out / args.contrast, args.subjects, args.first_seed, args.contrast)
     print(json.dumps({key: value for key, value in summary.items() if key != "overall"}, indent=2))
 

@@ -84,7 +84,7 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return sample
-        axis = int(self.R.integers(3)) if hasattr(self.R, "integers") else int(self.R.randint(3))
+        axis = int(self.R.randint(3))
         thickness = self.R.uniform(*self.thickness_mm)
         for key in self.keys:
             image = np.asarray(sample[key], dtype=np.float32)
