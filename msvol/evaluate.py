@@ -19,7 +19,10 @@ affines equal within 1e-3): nothing is resampled here.
 Definitions
 -----------
 lesion : a 26-connected component of (label > 0), on either side; label values are not trusted to
-    delimit lesions. Its volume is its voxel count times |det(affine[:3, :3])| in mm3.
+    delimit lesions, except in synth truth, where a lesion is one generator lesion id: the generator
+    confines lesions to white matter, so one lesion can be rendered in several pieces, and counting
+    the pieces would score a found lesion as several partly missed ones.
+    Its volume is its voxel count times |det(affine[:3, :3])| in mm3.
 Per scan (one session):
   detected : a truth lesion with at least one voxel predicted as lesion (any overlap).
   true-positive prediction : a predicted lesion overlapping at least one truth lesion voxel; otherwise
@@ -85,9 +88,13 @@ class _Subject:
 
 # ----------------------------------------------------------------------------- metrics (pure)
 
-def score_scan(predicted: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict:
-    """Lesion-wise and voxel-wise agreement of two boolean masks on one grid (module docstring)."""
-    detected, truth_voxels = _components_hit(truth, predicted)
+def score_scan(predicted: np.ndarray, truth: np.ndarray, voxel_mm3: float, *,
+               truth_ids: np.ndarray | None = None) -> dict:
+    """Lesion-wise and voxel-wise agreement of two boolean masks on one grid (module docstring).
+
+    `truth_ids`, when given, names the truth lesions (synth: one generator lesion may be in pieces).
+    """
+    detected, truth_voxels = _components_hit(truth, predicted, truth_ids)
     true_positive, _ = _components_hit(predicted, truth)
     n_truth, n_pred, n_detected, n_true_positive = (len(detected), len(true_positive), int(detected.sum()),
                                                     int(true_positive.sum()))
@@ -106,10 +113,10 @@ def score_scan(predicted: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> di
 
 
 def score_new_lesions(predicted: np.ndarray, truth: np.ndarray, voxel_mm3: float, *,
-                      ignore: np.ndarray | None = None) -> dict:
+                      ignore: np.ndarray | None = None, truth_ids: np.ndarray | None = None) -> dict:
     """New-lesion detection for one interval from boolean masks; `ignore` marks lesions that are
-    neither required nor false (synth new_below_minimum)."""
-    detected, truth_voxels = _components_hit(truth, predicted)
+    neither required nor false (synth new_below_minimum); `truth_ids` as in score_scan."""
+    detected, truth_voxels = _components_hit(truth, predicted, truth_ids)
     matched, _ = _components_hit(predicted, truth if ignore is None else truth | ignore)
     large = truth_voxels * voxel_mm3 >= LARGE_NEW_LESION_MM3
     return {
@@ -121,9 +128,17 @@ def score_new_lesions(predicted: np.ndarray, truth: np.ndarray, voxel_mm3: float
     }
 
 
-def _components_hit(mask: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each 26-connected component of `mask`: whether it overlaps `other`, and its voxel count."""
-    labels, count = ndimage.label(mask, structure=_CONNECTIVITY)
+def _components_hit(mask: np.ndarray, other: np.ndarray,
+                    ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each lesion of `mask`: whether it overlaps `other`, and its voxel count.
+
+    Lesions are the 26-connected components of `mask`, or, when `ids` is given, its distinct ids.
+    """
+    if ids is None:
+        labels, count = ndimage.label(mask, structure=_CONNECTIVITY)
+    else:
+        present = np.union1d([0], ids[mask])
+        labels, count = np.searchsorted(present, np.where(mask, ids, 0)), len(present) - 1
     hit = np.bincount(labels[other], minlength=count + 1)[1:] > 0
     return hit, np.bincount(labels.ravel(), minlength=count + 1)[1:]
 
@@ -189,8 +204,8 @@ def evaluate(pred_root: Path, truth_root: Path) -> dict:
         skipped += _one_sided(subject, pred.sessions, truth.sessions)
         for session in sorted(pred.sessions.keys() & truth.sessions.keys()):
             predicted, truth_labels, voxel_mm3 = _load_pair(pred.sessions[session], truth.sessions[session])
-            scans.append({"subject": subject, "session": session,
-                          **score_scan(predicted > 0, truth_labels > 0, voxel_mm3)})
+            scans.append({"subject": subject, "session": session, **score_scan(
+                predicted > 0, truth_labels > 0, voxel_mm3, truth_ids=truth_labels if layout == "synth" else None)})
         skipped += _one_sided(subject, pred.intervals, truth.intervals)
         for key in sorted(pred.intervals.keys() & truth.intervals.keys()):
             record, reasons = _score_pair(pred.intervals[key], truth.intervals[key], truth.sessions.get(key[1]))
@@ -223,14 +238,15 @@ def _score_pair(pred: dict, truth: dict, truth_followup: Path | None) -> tuple[d
         if synth:
             record.update(score_new_lesions(predicted > 0, np.isin(labels, _ids(fates, "new", truth_followup)),
                                             voxel_mm3, ignore=np.isin(labels, _ids(fates, "new_below_minimum",
-                                                                                   truth_followup))))
+                                                                                   truth_followup)),
+                                            truth_ids=labels))
         else:
             record.update(score_new_lesions(predicted > 0, labels > 0, voxel_mm3))
     truth_enlarging = truth_followup if synth else truth.get("enlarging")
     if pred.get("enlarging") is not None and truth_enlarging is not None:
         predicted, labels, _ = _load_pair(pred["enlarging"], truth_enlarging)
         enlarging = np.isin(labels, _ids(fates, "enlarging", truth_followup)) if synth else labels > 0
-        detected, _ = _components_hit(enlarging, predicted > 0)
+        detected, _ = _components_hit(enlarging, predicted > 0, labels if synth else None)
         record.update(truth_enlarging=len(detected), detected_enlarging=int(detected.sum()),
                       enlarging_sensitivity=_ratio(int(detected.sum()), len(detected)))
     measured, true = pred.get("pbvc"), truth.get("pbvc")

@@ -64,7 +64,8 @@ def write_prediction(root) -> None:
 
 def write_synth_truth(root) -> None:
     folder = root / "derivatives" / "truth" / "sub-01"
-    save(TRUTH_01, folder / "sub-01_ses-01_lesions.nii.gz")
+    # Synth ids name lesions, so A and C (one label in the generic truth) get their own ids here.
+    save(labels((5, A), (7, B), (6, C)), folder / "sub-01_ses-01_lesions.nii.gz")
     save(TRUTH_02, folder / "sub-01_ses-02_lesions.nii.gz")
     (folder / "sub-01_truth.json").write_text(json.dumps({"intervals": [
         {"from_session": "01", "to_session": "02", "pbvc_percent": TRUE_PBVC, "fates": FATES}]}))
@@ -165,6 +166,16 @@ def test_synth_layout(prediction, tmp_path):
     # The derivatives/truth folder itself is accepted too, with the same numbers.
     direct = evaluate(prediction, tmp_path / "bids" / "derivatives" / "truth")
     assert direct["overall"] == overall
+
+
+def test_synth_lesion_in_two_pieces_is_one_lesion(tmp_path):
+    """The generator confines lesions to white matter: one id may be rendered as two components."""
+    truth = labels((3, A), (3, C))  # one lesion id, two distant pieces
+    predicted = labels((1, A))  # finds the large piece only
+    by_id = score_scan(predicted > 0, truth > 0, 8.0, truth_ids=truth)
+    by_component = score_scan(predicted > 0, truth > 0, 8.0)
+    assert (by_id["truth_lesions"], by_id["detected"], by_id["sensitivity"]) == (1, 1, 1.0)
+    assert (by_component["truth_lesions"], by_component["detected"], by_component["sensitivity"]) == (2, 1, 0.5)
 
 
 def test_generic_layout_counts_every_unmatched_prediction_as_false_new(prediction, tmp_path):
