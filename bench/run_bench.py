@@ -26,6 +26,7 @@ from msvol import ingest, pipeline
 from msvol.config import Params
 
 FIRST_SEED = 500
+MARKER = "<!-- make bench writes below this line -->"
 
 
 def _machine() -> str:
@@ -114,7 +115,7 @@ def _write(args, rows, stage_totals, load_seconds, peak_gb) -> None:
     truth_new = sum(r["truth_new"] for r in rows)
     errors = np.array([r["pbvc_measured"] - r["pbvc_true"] for r in rows])
     lines = [
-        "# Benchmarks", "",
+        MARKER, "## Pipeline speed, PBVC and lesion figures (`make bench`)", "",
         f"Measured {dt.date.today().isoformat()} with `make bench` "
         f"(`python bench/run_bench.py --subjects {args.subjects}`), msvol synth seeds "
         f"{FIRST_SEED}-{FIRST_SEED + count - 1} (default SynthSettings, two visits each; never used in training).",
@@ -149,7 +150,10 @@ def _write(args, rows, stage_totals, load_seconds, peak_gb) -> None:
     for stage, seconds in stage_totals.items():
         lines.append(f"| {stage} | {seconds:.1f} | {seconds / count:.1f} |")
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text("\n".join(lines) + "\n")
+    # Keep what precedes the marker (the held-out model section, written by hand from bench/heldout.py).
+    previous = args.report.read_text() if args.report.exists() else "# Benchmarks\n\n"
+    head = previous.split(MARKER)[0]
+    args.report.write_text(head + "\n".join(lines) + "\n")
     print(f"wrote {args.report}")
 
 

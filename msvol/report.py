@@ -22,7 +22,7 @@ from msvol.datatypes import IntervalResult, QCFlag, TimepointMeasures
 
 SCHEMA_VERSION = "1.1"  # 1.1: lesions carry "confidence"
 STATUS = "automated result, awaiting radiologist confirmation"
-DISCLAIMER = ("msvol is research software, not a medical device. Its lesion model was trained on synthetic "
+DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
 REFERENCES = {
     "tustison2010": "Tustison NJ et al. N4ITK: improved N3 bias correction. IEEE Trans Med Imaging 2010;29:1310-20.",
