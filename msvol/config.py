@@ -102,7 +102,8 @@ class LesionParams:
     use_change_model: bool = _p(
         True, "switch",
         "msvol choice: fuse the two-visit change model with the per-visit masks (MSSEG-2: joint two-visit models "
-        "detect new lesions best); the fused vs independent comparison is in docs/BENCHMARKS.md")
+        "detect new lesions best). Held-out synth seeds 601-607, 21 pairs (make bench-heldout): false new lesions "
+        "per pair 0.24 fused vs 0.71 independent, new-lesion sensitivity 1.00 in both (docs/BENCHMARKS.md)")
     min_new_change_probability: float = _p(
         0.5, "probability",
         "msvol choice: a lesion absent at baseline counts as new only when the change model's mean probability "
