@@ -16,6 +16,7 @@ import numpy as np
 
 from msvol import ingest, lesions, pipeline, segment
 from msvol.config import Params
+from msvol.evaluate import score_scan
 
 
 def main(root: Path) -> None:
@@ -26,19 +27,13 @@ def main(root: Path) -> None:
         probability, _ = segment.segment_visit(ready, params.segment, resources.segmenter)
         truth_path = root / "derivatives" / "truth" / "sub-01" / f"sub-01_ses-{visit.session}_lesions.nii.gz"
         truth = np.asarray(nib.load(truth_path).dataobj)
-        truth_ids = np.unique(truth)[1:]
-        for threshold in (0.5, 0.6, 0.7, 0.8, 0.9):
+        for threshold in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             segment_params = dataclasses.replace(params.segment, probability_threshold=threshold)
             predicted = lesions.label_lesions(probability, visit.session, segment_params, params.lesions).labels.data
-            predicted_ids = np.unique(predicted)[1:]
-            dice = 2 * ((predicted > 0) & (truth > 0)).sum() / ((predicted > 0).sum() + (truth > 0).sum())
-            found = sum(bool((predicted[truth == i] > 0).any()) for i in truth_ids)
-            false = sum(not (truth[predicted == j] > 0).any() for j in predicted_ids)
-            sensitivity = found / len(truth_ids)
-            precision = (len(predicted_ids) - false) / max(len(predicted_ids), 1)
-            f1 = 2 * sensitivity * precision / max(sensitivity + precision, 1e-9)
-            print(f"ses-{visit.session} threshold {threshold}: Dice {dice:.3f}, found {found}/{len(truth_ids)}, "
-                  f"false components {false}, F1 {f1:.3f}")
+            score = score_scan(predicted > 0, truth > 0, 1.0, truth_ids=truth)  # synth grid: 1 mm voxels
+            print(f"ses-{visit.session} threshold {threshold}: Dice {score['dice']:.3f}, found "
+                  f"{score['detected']}/{score['truth_lesions']}, false components {score['false_positives']}, "
+                  f"F1 {score['f1']:.3f}, volume ratio {score['volume_ratio']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -191,28 +191,33 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
     otherwise (and without a change model) the mean per-visit lesion probability at follow-up.
     """
     by_label = {lesion.label: lesion for lesion in followup.lesions}
+    use_model = change_probability is not None and params.use_change_model
+    if use_model:  # per follow-up label: voxels of new tissue (outside baseline lesions) and their summed probability
+        new_tissue = (followup_halfway > 0) & (baseline_halfway == 0)
+        length = max([int(followup_halfway.max())] + list(by_label)) + 1  # labels lost on the halfway grid count 0
+        new_voxels = np.bincount(followup_halfway[new_tissue], minlength=length)
+        new_probability = np.bincount(followup_halfway[new_tissue], change_probability[new_tissue], minlength=length)
     fused = []
     for change in changes:
         if not change.followup_labels:
             fused.append(change)
             continue
-        volumes = [by_label[label].volume_mm3 for label in change.followup_labels]
-        confidence = float(np.average([by_label[label].mean_probability for label in change.followup_labels],
-                                      weights=volumes))
+        labels = list(change.followup_labels)
+        confidence = float(np.average([by_label[label].mean_probability for label in labels],
+                                      weights=[by_label[label].volume_mm3 for label in labels]))
         status = change.status
-        new_tissue = np.isin(followup_halfway, change.followup_labels) & (baseline_halfway == 0)
-        evidence = change_probability[new_tissue] if change_probability is not None else np.empty(0)
+        voxels = int(new_voxels[labels].sum()) if use_model else 0
         # A lesion with no new tissue on the halfway grid (at its edge) keeps the per-visit verdict.
-        if params.use_change_model and evidence.size and status != "shrinking":
+        if voxels and status != "shrinking":
+            summed = float(new_probability[labels].sum())
             if status == "new":
-                status = "new" if evidence.mean() >= params.min_new_change_probability else "stable"
+                status = "new" if summed / voxels >= params.min_new_change_probability else "stable"
             elif not change.confluent:
-                grown_mm3 = float(evidence.sum()) * voxel_mm3
                 needed = max(params.min_absolute_change_mm3,
                              _relative_threshold(change.baseline_volume_mm3, params) * change.baseline_volume_mm3)
-                status = "enlarging" if grown_mm3 >= needed else "stable"
+                status = "enlarging" if summed * voxel_mm3 >= needed else "stable"
             if status in ("new", "enlarging"):
-                confidence = float(evidence.mean())
+                confidence = summed / voxels
         fused.append(dataclasses.replace(change, status=status, confidence=round(confidence, 3)))
     return tuple(fused)
 

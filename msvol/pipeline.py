@@ -101,7 +101,8 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     masks = [on_grid(visit.t1_brain_mask, visit.t1_to_flair.compose(pull)) for visit, pull in pulls]
     labels = [on_grid(lesion_map.labels, pull)
               for lesion_map, (_, pull) in zip((baseline_lesions, followup_lesions), pulls)]
-    correlation = register.alignment_correlation(flairs[0].data, flairs[1].data, masks[0].data & masks[1].data)
+    both_brain = masks[0].data & masks[1].data
+    correlation = register.alignment_correlation(flairs[0].data, flairs[1].data, both_brain)
     years = (followup.date - baseline.date).days / 365.25
     result = atrophy.measure_pbvc(t1s[0], t1s[1], masks[0], masks[1], years=years,
                                   alignment_correlation=correlation, params=params.atrophy)
@@ -110,7 +111,7 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     change_probability = None
     if change_model is not None and params.lesions.use_change_model:
         change_probability = segment.predict_change((flairs[0].data, flairs[1].data), (t1s[0].data, t1s[1].data),
-                                                    masks[0].data & masks[1].data, params.segment, change_model)
+                                                    both_brain, params.segment, change_model)
     changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, correlation, years, params)

@@ -18,7 +18,6 @@ from msvol.datatypes import PreparedVisit, Volume
 from msvol.errors import ModelError
 
 
-
 def normalize_inputs(images: list[np.ndarray | None], brain_mask: np.ndarray) -> np.ndarray:
     """Stack the channels as (C, X, Y, Z) float32, each divided by its median inside the brain.
 
