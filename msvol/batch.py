@@ -1,5 +1,7 @@
 """Many patients: run each subject in turn; one broken exam never stops the batch.
 
+Input is a BIDS dataset (or one sub-* folder) or any folder of DICOM exports (see ingest_dicom).
+
 Each subject is either done (its folder written), skipped (a finished result is already there
 and --force was not given), set aside for bad input (with the reason), or failed with an
 internal error (a crash file with the traceback goes under OUT/crashes/).
@@ -9,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import traceback
 from pathlib import Path
+from typing import Callable
 
-from msvol import ingest, pipeline
+from msvol import ingest_dicom, ingest, pipeline, protocol, pseudonyms
 from msvol.config import Params
+from msvol.datatypes import Patient
 from msvol.errors import MsvolError, OutputExistsError
 
 
@@ -23,26 +28,37 @@ class BatchSummary:
     skipped: list[str] = dataclasses.field(default_factory=list)
     set_aside: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (subject folder, reason)
     crashed: list[tuple[str, Path]] = dataclasses.field(default_factory=list)  # (subject folder, crash file)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. a truncated DICOM file skipped
 
 
 def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = False,
               model_dir: Path | None = None, change_model_dir: Path | None = None,
+              rules: protocol.Protocol | None = None, keep_identifiers: bool = False,
               progress: pipeline.Progress = lambda message: None) -> BatchSummary:
-    """Run every subject found under `input_path` (a BIDS root or one sub-* folder)."""
-    subjects = ingest.find_subjects(input_path)
+    """Run every subject found under `input_path`: a BIDS root, one sub-* folder, or DICOM exam folders.
+
+    DICOM patients get a pseudonymous subject id (the link to PatientID stays in OUT/private/)
+    unless `keep_identifiers`; `rules` recognise and check their series (default: the standard protocol).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary()
+    if ingest_dicom.looks_like_dicom(input_path):
+        jobs = _dicom_jobs(input_path, out_dir, params, rules or protocol.load_protocol(), keep_identifiers, summary)
+    else:
+        jobs = [(subject_dir.name, functools.partial(ingest.load_patient, subject_dir, params.ingest))
+                for subject_dir in ingest.find_subjects(input_path)]
+    for warning in summary.warnings:
+        progress(f"warning: {warning}")
     resources = None
-    for position, subject_dir in enumerate(subjects, 1):
-        name = subject_dir.name
-        progress(f"[{position}/{len(subjects)}] {name}")
+    for position, (name, load) in enumerate(jobs, 1):
+        progress(f"[{position}/{len(jobs)}] {name}")
         if (out_dir / name).exists() and not force:
             summary.skipped.append(name)
             progress(f"{name}: a result is already there; skipped (use --force to redo)")
             continue
         try:
-            patient = ingest.load_patient(subject_dir, params.ingest)
+            patient = load()
             resources = resources or pipeline.Resources.load(model_dir, change_model_dir)
             summary.done.append(pipeline.run_patient(patient, out_dir, params, resources, force=force,
                                                      progress=progress))
@@ -58,3 +74,17 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
             summary.crashed.append((name, crash))
             progress(f"{name}: internal error; traceback in {crash}")
     return summary
+
+
+def _dicom_jobs(input_path: Path, out_dir: Path, params: Params, rules: protocol.Protocol, keep_identifiers: bool,
+                summary: BatchSummary) -> list[tuple[str, Callable[[], Patient]]]:
+    """One job per patient of a DICOM export, named by pseudonym (or sanitised PatientID)."""
+    inventory = ingest_dicom.scan([input_path], rules, params.ingest)
+    summary.warnings.extend(inventory.skipped)
+    registry = None if keep_identifiers else pseudonyms.Registry(out_dir)
+    jobs = []
+    for patient_id, exams in inventory.patients.items():
+        subject = ingest_dicom.sanitise(patient_id) if registry is None else registry.pseudonym(patient_id)
+        jobs.append((f"sub-{subject}", functools.partial(ingest_dicom.load_patient, exams, subject, params.ingest,
+                                                         pseudonymous=registry is not None)))
+    return sorted(jobs, key=lambda job: job[0])

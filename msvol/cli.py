@@ -35,25 +35,36 @@ def main():
               help="Output folder; each subject's results go to OUT/sub-XX/.")
 @click.option("--force", is_flag=True, help="Redo subjects whose results already exist (replaced atomically).")
 @click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Protocol YAML whose 'params:' section overrides thresholds (see protocols/).")
+              help="Protocol YAML: series rules for DICOM and threshold overrides (default protocols/ms_standard.yaml).")
+@click.option("--keep-identifiers", is_flag=True,
+              help="Name DICOM subjects by PatientID instead of a pseudonym (identifiers then appear in outputs).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Another per-visit lesion model: a MONAI bundle folder (see docs/MODEL.md).")
 @click.option("--change-model", "change_model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Another two-visit change model: a MONAI bundle folder.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-def run(input_path, out_dir, force, protocol, model_dir, change_model_dir, quiet):
-    """Analyse every subject in INPUT (a BIDS dataset or one sub-* folder) and write reports to OUT."""
+def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, change_model_dir, quiet):
+    """Analyse every subject in INPUT and write reports to OUT.
+
+    INPUT is a BIDS dataset, one sub-* folder, or a folder of DICOM exams (a PACS export; any
+    layout, several patients allowed). DICOM subjects are named by pseudonym; the link to the
+    PatientID is kept in OUT/private/pseudonyms.tsv (readable by the owner only).
+    """
     from msvol import batch
     from msvol.config import load_params
     from msvol.errors import MsvolError
+    from msvol.protocol import load_protocol
 
     try:
-        params = load_params(protocol)
+        params, rules = load_params(protocol), load_protocol(protocol)
         summary = batch.run_batch(input_path, out_dir, params, force=force, model_dir=model_dir,
-                                  change_model_dir=change_model_dir, progress=_echo(quiet))
+                                  change_model_dir=change_model_dir, rules=rules, keep_identifiers=keep_identifiers,
+                                  progress=_echo(quiet))
     except MsvolError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for folder in summary.done:
         click.echo(f"report: {folder / 'report.html'}")
     for name in summary.skipped:
@@ -63,6 +74,51 @@ def run(input_path, out_dir, force, protocol, model_dir, change_model_dir, quiet
     for name, crash in summary.crashed:
         click.echo(f"internal error in {name}; traceback: {crash}", err=True)
     sys.exit(EXIT_INTERNAL if summary.crashed else EXIT_INPUT if summary.set_aside else EXIT_OK)
+
+
+@main.command()
+@click.argument("exams", metavar="EXAM...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Protocol YAML (default protocols/ms_standard.yaml).")
+@click.option("--keep-identifiers", is_flag=True, help="Show PatientIDs instead of 'patient 1, 2, ...'.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every decision and check as JSON here.")
+def check(exams, protocol, keep_identifiers, json_path):
+    """Conformance of DICOM exams with the protocol: which series would be used, and every rule's result.
+
+    Reads headers only and writes nothing but --json. Exit code 0 when every exam is usable,
+    2 when any exam would be refused.
+    """
+    import json
+
+    from msvol import ingest_dicom
+    from msvol.config import load_params
+    from msvol.errors import MsvolError
+    from msvol.protocol import load_protocol
+
+    try:
+        params, rules = load_params(protocol), load_protocol(protocol)
+        inventory = ingest_dicom.scan(list(exams), rules, params.ingest)
+    except MsvolError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    for warning in inventory.skipped:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"protocol: {rules.source}")
+    everything, refused = [], 0
+    for number, (patient_id, patient_exams) in enumerate(sorted(inventory.patients.items()), 1):
+        label = f"patient {patient_id}" if keep_identifiers else f"patient {number}"
+        for exam in patient_exams:
+            click.echo(ingest_dicom.render_exam(exam, label))
+            refused += exam.refusal is not None
+            everything.append(ingest_dicom.exam_record(exam, label))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = json_path.with_name(f".{json_path.name}.partial")
+        temporary.write_text(json.dumps({"protocol": str(rules.source), "exams": everything,
+                                         "skipped_files": list(inventory.skipped)}, indent=2))
+        temporary.replace(json_path)
+    sys.exit(EXIT_INPUT if refused else EXIT_OK)
 
 
 @main.command()

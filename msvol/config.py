@@ -27,8 +27,23 @@ class IngestParams:
         1.5, "mm",
         "MAGNIMS-CMSC-NAIMS 2021 (Wattjes et al., Lancet Neurol 2021) recommend 3D FLAIR/T1 at "
         "<= 1 mm isotropic; msvol accepts up to 1.5 mm (inclusive) and refuses thicker slices")
+    warn_voxel_size_mm: float = _p(
+        1.2, "mm",
+        "MAGNIMS-CMSC-NAIMS 2021 recommend <= 1 mm isotropic 3D; msvol warns above 1.2 mm (the ADNI/MS PATHS "
+        "1.2 mm sagittal T1 still conforms) and refuses above max_voxel_size_mm")
     min_field_of_view_mm: float = _p(
         120.0, "mm", "msvol choice: an adult head is >= 140 mm along every axis; smaller is not a head scan")
+    max_slice_gap_mm: float = _p(
+        0.1, "mm",
+        "msvol choice: a 3D acquisition has contiguous (or overlapping) slices; a gap between slices means a 2D "
+        "stack or missing slices (warned)")
+    geometry_tolerance_mm: float = _p(
+        0.01, "mm",
+        "msvol choice (issue 4): every slice position must lie on one regular grid to within this; the affine "
+        "written from DICOM matches the DICOM geometry to the same tolerance")
+    expected_field_strengths_t: tuple[float, ...] = _p(
+        (1.5, 3.0), "tesla",
+        "MAGNIMS-CMSC-NAIMS 2021: 1.5 T or 3 T (3 T preferred); other field strengths are warned")
 
 
 @dataclass(frozen=True)

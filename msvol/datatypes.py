@@ -57,6 +57,48 @@ class Acquisition:
     protocol: str | None = None
 
 
+@dataclass(frozen=True)
+class SeriesInfo:
+    """Header facts of one DICOM series, with its slices in spatial order (what a protocol is checked on).
+
+    Slice k of the converted volume (data[:, :, k]) is frame `frame_numbers[k]` (1-based) of `files[k]`;
+    pixel (row r, column c) of that frame is data[c, r, k].
+    """
+
+    series_uid: str
+    study_uid: str
+    number: int | None
+    description: str
+    modality: str
+    image_type: tuple[str, ...]
+    mr_acquisition_type: str | None
+    repetition_time_ms: float | None
+    echo_time_ms: float | None
+    inversion_time_ms: float | None
+    acquisition: Acquisition
+    shape: tuple[int, int, int]  # (columns, rows, slices)
+    pixel_spacing_mm: tuple[float, float] | None  # (between columns, between rows)
+    slice_thickness_mm: float | None
+    slice_spacing_mm: float | None  # measured from the slice positions
+    geometry_error_mm: float | None  # largest distance of a slice position from one regular grid
+    contrast_agent: str | None
+    files: tuple[Path, ...]
+    frame_numbers: tuple[int, ...]
+    affine: np.ndarray | None = field(default=None, compare=False)  # voxel -> RAS+ mm when the geometry is regular
+    problems: tuple[str, ...] = ()  # what makes the series unreadable as one 3D volume
+
+    @property
+    def voxel_size_mm(self) -> float | None:
+        """The largest voxel edge (in-plane spacing or slice spacing)."""
+        if self.pixel_spacing_mm is None or self.slice_spacing_mm is None:
+            return None
+        return max(*self.pixel_spacing_mm, self.slice_spacing_mm)
+
+    @property
+    def label(self) -> str:
+        return f"series {self.number if self.number is not None else '?'} '{self.description}'"
+
+
 @dataclass(frozen=True, eq=False)
 class Visit:
     """One timepoint: a 3D FLAIR and a 3D T1 acquired on the same day."""
@@ -66,6 +108,7 @@ class Visit:
     flair: Volume
     t1: Volume
     acquisition: Acquisition = field(default_factory=Acquisition)
+    flair_series: SeriesInfo | None = None  # the DICOM FLAIR series, when the visit came from DICOM
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +117,8 @@ class Patient:
 
     subject: str
     visits: tuple[Visit, ...]
+    ingest_flags: tuple["QCFlag", ...] = ()  # e.g. an exam refused by the protocol check, for the report
+    pseudonymous: bool = True  # False when the subject id is the real PatientID (--keep-identifiers)
 
     def __post_init__(self):
         dates = [visit.date for visit in self.visits]

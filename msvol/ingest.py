@@ -113,9 +113,15 @@ def _load_volume(path: Path, kind: str, params: IngestParams) -> Volume:
         data = data[..., 0]
     if data.ndim == 4:
         raise InputError(f"{path}: 4D image with {data.shape[3]} volumes; msvol needs one 3D {kind} volume")
+    validate_volume(data, image.affine, path, kind, params)
+    return Volume(data, image.affine.astype(np.float64), kind, path)
+
+
+def validate_volume(data: np.ndarray, affine: np.ndarray, path: Path, kind: str, params: IngestParams) -> None:
+    """InputError naming `path` unless the image is one usable 3D head volume (NIfTI and DICOM alike)."""
     if data.ndim != 3 or min(data.shape) == 1:
         raise InputError(f"{path}: image of shape {data.shape} is 2D; msvol needs a 3D {kind} acquisition")
-    spacing = np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if spacing.max() > params.max_voxel_size_mm:
         raise InputError(f"{path}: voxels are {spacing.max():.1f} mm thick (spacing {np.round(spacing, 2).tolist()}); "
                          f"a 3D acquisition of at most {params.max_voxel_size_mm} mm is needed; "
@@ -126,7 +132,6 @@ def _load_volume(path: Path, kind: str, params: IngestParams) -> Volume:
                          f"(>= {params.min_field_of_view_mm:.0f} mm per axis expected)")
     if not np.isfinite(data).all() or float(data.max()) <= float(data.min()):
         raise InputError(f"{path}: image is constant or contains NaN/Inf values")
-    return Volume(data, image.affine.astype(np.float64), kind, path)
 
 
 def _read_acquisition(anat: Path) -> Acquisition:

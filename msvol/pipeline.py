@@ -6,6 +6,8 @@ Output contract (per subject XX, under OUT/sub-XX/):
   ses-YY/brain_mask.nii.gz         the brain mask used, same grid
   intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz
                                    labels on the ses-BB FLAIR grid, values = lesion ids in report.json
+  dicom/ses-AA_to_ses-BB_lesions_seg.dcm, dicom/report_summary.dcm
+                                   only for DICOM input: a SEG on the ses-BB FLAIR series, a summary page
 Everything is written into a hidden temporary folder beside the result and renamed into place
 only when complete, so a killed run leaves no half report; an existing result is kept unless
 `force` is given.
@@ -23,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from msvol import atlas, atrophy, bundle, lesions, preprocess, register, report, report_html, segment
+from msvol import atlas, atrophy, bundle, dicom_export, lesions, preprocess, register, report, report_html, segment
 from msvol.config import Params
 from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit, QCFlag, Rigid,
                              Visit, Volume)
@@ -192,7 +194,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         with _timed(timings, "report"):
             thumbnails[(result.from_session, result.to_session)] = report_html.lesion_thumbnails(images, reviewed)
 
-    subject_flags = []
+    subject_flags = list(patient.ingest_flags)
     if len(prepared) == 1:
         subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
                                     "analysis.", "subject"))
@@ -205,8 +207,33 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     with _timed(timings, "report"):
         texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
-        _write_atomically(final, texts, files, force=force)
+        _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files))
     return final
+
+
+def _dicom_writers(patient: Patient, model: dict, files: dict) -> list[Callable[[Path], Path]]:
+    """For visits read from DICOM: a SEG per interval on the follow-up FLAIR series, and a summary page
+    on the latest FLAIR series (OUT/sub-XX/dicom/). Pseudonymised unless the subject id is the PatientID."""
+    series = {visit.session: visit.flair_series for visit in patient.visits if visit.flair_series is not None}
+    pseudonym = patient.subject if patient.pseudonymous else None
+
+    def source(session: str) -> dicom_export.SourceSeries:
+        return dicom_export.SourceSeries(series[session].files, series[session].frame_numbers)
+
+    writers = []
+    for key, group in files.items():
+        if isinstance(key, tuple) and key[1] in series:
+            lesion_labels = files[key[1]]["lesions"][1].data
+            name = f"dicom/ses-{key[0]}_to_ses-{key[1]}_lesions_seg.dcm"
+            writers.append(lambda staging, name=name, key=key, group=group, labels=lesion_labels:
+                           dicom_export.write_segmentation(staging / name, source(key[1]), labels,
+                                                           group["new_lesions"][1].data,
+                                                           group["enlarging_lesions"][1].data, pseudonym=pseudonym))
+    latest = patient.visits[-1].session
+    if latest in series:
+        writers.append(lambda staging: dicom_export.write_summary(staging / "dicom/report_summary.dcm", model,
+                                                                  source(latest), pseudonym=pseudonym))
+    return writers
 
 
 def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: list[LesionMap],
@@ -232,13 +259,17 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
     return files
 
 
-def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool) -> None:
-    """Write everything into a hidden staging folder, then rename it to `final` in one step."""
+def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool,
+                      writers: list[Callable[[Path], Path]] = ()) -> None:
+    """Write everything (texts, label volumes, then each writer(staging)) into a hidden staging folder,
+    then rename it to `final` in one step."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         _write_files(staging, texts, files)
+        for write in writers:
+            write(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

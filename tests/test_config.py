@@ -86,7 +86,7 @@ def test_shipped_protocols_load_and_apply_their_values(protocol):
     params = load_params(protocol)
     for section, values in (yaml.safe_load(protocol.read_text()).get("params") or {}).items():
         for key, value in values.items():
-            assert getattr(getattr(params, section), key) == value
+            assert getattr(getattr(params, section), key) == (tuple(value) if isinstance(value, list) else value)
 
 
 def test_bool_field_accepts_true_and_false(tmp_path):

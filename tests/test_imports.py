@@ -29,6 +29,13 @@ RULES = {
     "train": (LEAVES | {"randomise", "synth"}, {"pipeline", "cli"}),
     "randomise": (LEAVES, {"pipeline", "cli"}),
     "evaluate": (LEAVES, {"pipeline", "cli"}),
+    # ingest split by responsibility: ingest_dicom reads DICOM and reuses the NIfTI checks of ingest;
+    # protocol holds the series rules both ingest_dicom and `msvol check` apply
+    "protocol": (LEAVES, {"pipeline", "cli"}),
+    "ingest_dicom": (LEAVES | {"protocol", "ingest"}, {"pipeline", "cli"}),
+    "pseudonyms": (LEAVES, {"pipeline", "cli"}),
+    "dicom_export": (LEAVES, {"pipeline", "cli"}),
+    "synth_dicom": (LEAVES, {"pipeline", "cli"}),
     "pipeline": (None, {"cli", "batch", "review"}),
     "batch": (None, {"cli"}),
     "cli": (None, set()),
