@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) bench/dicom_ingest.py --out bench/work/dicom --report docs/BENCHMARKS.md
 	$(PY) bench/run_bench.py --subjects 3 --out bench/work --report docs/BENCHMARKS.md
 
 # Regenerate the committed sample patient (seed 7; not a training seed). Bytes keep it < 30 MB.

@@ -3,15 +3,19 @@
 Input is a BIDS dataset (or one sub-* folder) or any folder of DICOM exports (see ingest_dicom).
 
 Each subject is either done (its folder written), skipped (a finished result is already there
-and --force was not given), set aside for bad input (with the reason), or failed with an
-internal error (a crash file with the traceback goes under OUT/crashes/).
+and --force was not given; for DICOM input, unless a new exam of that patient has arrived: then
+it is redone and the earlier result is kept under OUT/previous/), set aside for bad input (with
+the reason), or failed with an internal error (a crash file with the traceback goes under
+OUT/crashes/).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import functools
+import json
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -46,22 +50,26 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
     if ingest_dicom.looks_like_dicom(input_path):
         jobs = _dicom_jobs(input_path, out_dir, params, rules or protocol.load_protocol(), keep_identifiers, summary)
     else:
-        jobs = [(subject_dir.name, functools.partial(ingest.load_patient, subject_dir, params.ingest))
+        jobs = [(subject_dir.name, functools.partial(ingest.load_patient, subject_dir, params.ingest), None)
                 for subject_dir in ingest.find_subjects(input_path)]
-    for warning in summary.warnings:
-        progress(f"warning: {warning}")
     resources = None
-    for position, (name, load) in enumerate(jobs, 1):
+    for position, (name, load, sessions) in enumerate(jobs, 1):
         progress(f"[{position}/{len(jobs)}] {name}")
-        if (out_dir / name).exists() and not force:
+        added = _new_sessions(out_dir / name, sessions)
+        if (out_dir / name).exists() and not force and not added:
             summary.skipped.append(name)
             progress(f"{name}: a result is already there; skipped (use --force to redo)")
             continue
+        keep_previous = None
+        if added and not force:  # a new exam of a known patient: redo, and keep the earlier result
+            keep_previous = out_dir / "previous" / f"{name}-{dt.datetime.now():%Y%m%dT%H%M%S}"
+            progress(f"{name}: new exam(s) {', '.join(sorted(added))}; the earlier result moves to {keep_previous}")
         try:
             patient = load()
             resources = resources or pipeline.Resources.load(model_dir, change_model_dir)
-            summary.done.append(pipeline.run_patient(patient, out_dir, params, resources, force=force,
-                                                     progress=progress))
+            summary.done.append(pipeline.run_patient(patient, out_dir, params, resources,
+                                                     force=force or keep_previous is not None, progress=progress,
+                                                     keep_previous=keep_previous))
         except OutputExistsError:
             summary.skipped.append(name)
         except MsvolError as exc:
@@ -76,15 +84,42 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
     return summary
 
 
+def _new_sessions(folder: Path, sessions: frozenset[str] | None) -> set[str]:
+    """Usable exams of a DICOM patient that its existing result (folder/report.json) does not include."""
+    report = folder / "report.json"
+    if sessions is None or not report.is_file():
+        return set()
+    try:
+        done = {timepoint["session"] for timepoint in json.loads(report.read_text())["timepoints"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # an unreadable report is left alone: skipped like any existing result
+    return set(sessions) - done
+
+
 def _dicom_jobs(input_path: Path, out_dir: Path, params: Params, rules: protocol.Protocol, keep_identifiers: bool,
-                summary: BatchSummary) -> list[tuple[str, Callable[[], Patient]]]:
-    """One job per patient of a DICOM export, named by pseudonym (or sanitised PatientID)."""
+                summary: BatchSummary) -> list[tuple[str, Callable[[], Patient], frozenset[str]]]:
+    """One job per patient of a DICOM export, named by pseudonym (or sanitised PatientID), with the sessions
+    of its exams that pass the header checks (a cron run redoes a patient when one of them is new)."""
     inventory = ingest_dicom.scan([input_path], rules, params.ingest)
     summary.warnings.extend(inventory.skipped)
     registry = None if keep_identifiers else pseudonyms.Registry(out_dir)
+    subjects = {}
+    for patient_id in inventory.patients:
+        try:
+            subjects[patient_id] = ingest_dicom.sanitise(patient_id) if registry is None \
+                else registry.pseudonym(patient_id)
+        except MsvolError as exc:
+            summary.set_aside.append(("a patient", str(exc)))
+    clashes = {subject for subject, count in collections.Counter(subjects.values()).items() if count > 1}
     jobs = []
     for patient_id, exams in inventory.patients.items():
-        subject = ingest_dicom.sanitise(patient_id) if registry is None else registry.pseudonym(patient_id)
+        subject = subjects.get(patient_id)
+        if subject in clashes:  # never let two patients share (or overwrite) one folder
+            summary.set_aside.append((f"sub-{subject}", "several PatientIDs reduce to this name under "
+                                      "--keep-identifiers; run without it (pseudonyms) for these patients"))
+        if subject is None or subject in clashes:
+            continue
+        usable = frozenset(ingest_dicom.session_name(exam) for exam in exams if exam.refusal is None)
         jobs.append((f"sub-{subject}", functools.partial(ingest_dicom.load_patient, exams, subject, params.ingest,
-                                                         pseudonymous=registry is not None)))
+                                                         pseudonymous=registry is not None), usable))
     return sorted(jobs, key=lambda job: job[0])

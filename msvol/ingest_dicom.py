@@ -37,6 +37,9 @@ HEADER_TAGS = (
     "InstanceNumber", "ContrastBolusAgent", "BitsAllocated", "SamplesPerPixel", "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
 )
+# MR, enhanced MR, CT, enhanced CT, PET, secondary capture: images that must have Rows and UIDs
+IMAGE_STORAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.2",
+                         "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.7"}
 UNCOMPRESSED_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 NOT_IMAGES = {"DICOMDIR"}
 
@@ -86,7 +89,7 @@ def scan(folders: list[Path], rules: protocol.Protocol, limits: IngestParams) ->
 
     Raises InputError when a folder does not exist or holds no DICOM image at all.
     """
-    headers, skipped = [], []
+    headers, skipped, broken = [], [], defaultdict(int)
     for folder in folders:
         folder = Path(folder)
         if not folder.exists():
@@ -95,6 +98,8 @@ def scan(folders: list[Path], rules: protocol.Protocol, limits: IngestParams) ->
             header, problem = _read_header(path)
             if problem:
                 skipped.append(f"{path}: {problem}; file skipped")
+                if header is not None:
+                    broken[_series_key(header)] += 1
             elif header is not None:
                 headers.append((path, header))
     if not headers:
@@ -102,11 +107,13 @@ def scan(folders: list[Path], rules: protocol.Protocol, limits: IngestParams) ->
                          f"files) and no BIDS sub-* folders; expected DICOM exam folders or a BIDS dataset")
     by_series = defaultdict(list)
     for path, header in headers:
-        by_series[(str(header.get("PatientID", "")), str(header.StudyInstanceUID), str(header.SeriesInstanceUID))
-                  ].append((path, header))
+        by_series[_series_key(header)].append((path, header))
     by_day = defaultdict(list)
-    for (patient_id, _, _), files in by_series.items():
+    for key, files in by_series.items():
         info = _series_info(files)
+        if broken[key]:  # its truncated files are missing slices, wherever they were in the stack
+            info = dataclasses.replace(info, problems=info.problems + (f"{broken[key]} of its files are truncated",))
+        patient_id = key[0]
         date, note = _exam_date(files[0][1])
         by_day[(patient_id, date)].append((info, note))
     patients = defaultdict(list)
@@ -126,6 +133,10 @@ def scan(folders: list[Path], rules: protocol.Protocol, limits: IngestParams) ->
                      tuple(skipped))
 
 
+def _series_key(header) -> tuple[str, str, str]:
+    return str(header.get("PatientID", "")), str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
+
+
 def _files_below(folder: Path):
     if folder.is_file():
         yield folder
@@ -137,7 +148,9 @@ def _files_below(folder: Path):
 
 
 def _read_header(path: Path):
-    """(header, None) for a usable image file, (None, problem) for a broken DICOM, (None, None) for non-DICOM."""
+    """(header, None) for a usable image file, (header or None, problem) for a broken one, (None, None) for a
+    file that is not a DICOM image. A truncated file's header is returned with the problem so that its
+    series knows a slice is missing."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -148,13 +161,16 @@ def _read_header(path: Path):
     except Exception as exc:  # pydicom raises many types on a cut or corrupt file
         return None, f"unreadable DICOM header ({type(exc).__name__})"
     if "SeriesInstanceUID" not in header or "StudyInstanceUID" not in header or "Rows" not in header:
+        storage = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if storage in IMAGE_STORAGE_CLASSES:  # an image whose header stops early: cut in transfer
+            return None, "incomplete header (truncated file?)"
         return None, None  # not an image (a structured report, a presentation state)
     syntax = str(getattr(header.file_meta, "TransferSyntaxUID", "")) if hasattr(header, "file_meta") else ""
     if syntax in UNCOMPRESSED_SYNTAXES:
         expected = (int(header.Rows) * int(header.Columns) * int(header.get("BitsAllocated", 16)) // 8
                     * int(header.get("SamplesPerPixel", 1)) * int(header.get("NumberOfFrames", 1) or 1))
         if path.stat().st_size < expected:
-            return None, f"truncated (file of {path.stat().st_size} bytes, pixel data alone needs {expected})"
+            return header, f"truncated (file of {path.stat().st_size} bytes, pixel data alone needs {expected})"
     return header, None
 
 
@@ -163,6 +179,22 @@ def _number(value) -> float | None:
         return float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _one(value):
+    """The first of a multi-valued element, or the value itself (pydicom returns one value unwrapped)."""
+    from pydicom.multival import MultiValue
+
+    return (value[0] if len(value) else None) if isinstance(value, (MultiValue, list, tuple)) else value
+
+
+def _text(value) -> str | None:
+    """A possibly multi-valued string element as DICOM writes it (values joined by a backslash)."""
+    from pydicom.multival import MultiValue
+
+    if value in (None, ""):
+        return None
+    return "\\".join(map(str, value)) if isinstance(value, (MultiValue, list, tuple)) else str(value)
 
 
 def _first(header, *path: str):
@@ -187,12 +219,12 @@ def _series_info(files: list) -> SeriesInfo:
     acquisition = Acquisition(
         manufacturer=header.get("Manufacturer") or None, model=header.get("ManufacturerModelName") or None,
         field_strength_t=_number(header.get("MagneticFieldStrength")),
-        software="\\".join(map(str, header.SoftwareVersions)) if header.get("SoftwareVersions") else None,
+        software=_text(header.get("SoftwareVersions")),
         protocol=str(header.get("SeriesDescription") or header.get("ProtocolName") or "") or None)
     if enhanced:  # timing lives in the functional groups
         repetition = _number(_first(shared, "MRTimingAndRelatedParametersSequence", "RepetitionTime"))
         echo = _number(_first(shared, "MREchoSequence", "EffectiveEchoTime"))
-        inversion = _number((_first(shared, "MRModifierSequence", "InversionTimes") or [None])[0])
+        inversion = _number(_one(_first(shared, "MRModifierSequence", "InversionTimes")))
     else:
         repetition, echo, inversion = (_number(header.get(name)) for name in
                                        ("RepetitionTime", "EchoTime", "InversionTime"))
@@ -321,7 +353,7 @@ def load_patient(exams: tuple[Exam, ...], subject: str, params: IngestParams, *,
         if reason is None:
             flair, t1 = (exam.decisions[role].chosen.series for role in protocol.ROLES)
             try:
-                visits.append(Visit(exam.date.strftime("%Y%m%d"), exam.date, read_volume(flair, "FLAIR", params),
+                visits.append(Visit(session_name(exam), exam.date, read_volume(flair, "FLAIR", params),
                                     read_volume(t1, "T1w", params), flair.acquisition, flair_series=flair))
             except InputError as exc:  # its message is "<series folder>: <problem>"
                 reason = str(exc).split(": ", 1)[-1]
@@ -338,6 +370,11 @@ def load_patient(exams: tuple[Exam, ...], subject: str, params: IngestParams, *,
     if not visits:
         raise InputError("no usable exam:\n" + "\n".join(refusals))
     return Patient(subject, tuple(visits), tuple(flags), pseudonymous)
+
+
+def session_name(exam: Exam) -> str:
+    """A DICOM exam's session label: its date, YYYYMMDD."""
+    return exam.date.strftime("%Y%m%d")
 
 
 def _exam_date(header) -> tuple[dt.date | None, str | None]:

@@ -154,11 +154,13 @@ def interval_pairs(count: int) -> list[tuple[int, int]]:
 
 
 def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Resources, *, force: bool = False,
-                progress: Progress = lambda message: None, timings: dict | None = None) -> Path:
+                progress: Progress = lambda message: None, timings: dict | None = None,
+                keep_previous: Path | None = None) -> Path:
     """Analyse one patient and write OUT/sub-XX atomically; returns that folder.
 
     `timings`, when given, receives the wall seconds spent per stage. Raises OutputExistsError
-    when OUT/sub-XX exists and `force` is False.
+    when OUT/sub-XX exists and `force` is False. With `force` and `keep_previous`, the replaced
+    result is moved to `keep_previous` instead of being deleted.
     """
     final = Path(out_dir) / f"sub-{patient.subject}"
     if final.exists() and not force:
@@ -207,7 +209,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     with _timed(timings, "report"):
         texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
-        _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files))
+        _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files),
+                          keep_previous=keep_previous)
     return final
 
 
@@ -260,7 +263,7 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
 
 
 def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool,
-                      writers: list[Callable[[Path], Path]] = ()) -> None:
+                      writers: list[Callable[[Path], Path]] = (), keep_previous: Path | None = None) -> None:
     """Write everything (texts, label volumes, then each writer(staging)) into a hidden staging folder,
     then rename it to `final` in one step."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
@@ -280,7 +283,11 @@ def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force:
         retired = final.with_name(f".{final.name}.replaced-{os.getpid()}")
         final.rename(retired)
         staging.rename(final)
-        shutil.rmtree(retired)
+        if keep_previous is None:
+            shutil.rmtree(retired)
+        else:
+            keep_previous.parent.mkdir(parents=True, exist_ok=True)
+            retired.rename(keep_previous)
     else:
         staging.rename(final)
 

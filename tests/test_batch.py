@@ -5,14 +5,17 @@ The pipeline itself is replaced (monkeypatch) so only the bookkeeping of run_bat
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from msvol import pipeline
+from msvol import pipeline, synth_dicom
 from msvol.batch import run_batch
 from msvol.config import Params
-from msvol.datatypes import Patient
+from msvol.datatypes import Patient, Volume
 from test_ingest import image_path, write_subject
 
 DUMMY_RESOURCES = object()
@@ -42,14 +45,14 @@ def calls(monkeypatch) -> dict:
 
 
 def crash_in_run_patient(record):
-    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None):
+    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None, keep_previous=None):
         record["run"].append((patient, resources, force))
         raise RuntimeError(f"simulated failure for sub-{patient.subject}")
     return run_patient
 
 
 def succeed_in_run_patient(record):
-    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None):
+    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None, keep_previous=None):
         record["run"].append((patient, resources, force))
         folder = Path(out_dir) / f"sub-{patient.subject}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,3 +144,39 @@ def test_model_error_while_loading_resources_sets_the_subject_aside(bids, tmp_pa
     assert [name for name, _ in summary.set_aside] == ["sub-01", "sub-02"]
     assert "lesion_change/configs/metadata.json" in summary.set_aside[1][1]
     assert summary.crashed == []
+
+
+def _dicom_exam(export: Path, date: dt.date) -> None:
+    """One small head-sized DICOM exam (3D FLAIR + 3D T1) of patient MRN1 on `date`."""
+    grid = np.indices((124, 130, 124)).sum(axis=0).astype(np.float32) % 50 + 100
+    volume = Volume(grid, np.diag([1.0, 1.0, 1.0, 1.0]), "FLAIR")
+    identity = synth_dicom.ExamIdentity("MRN1", "Test^Person", "19700101", date)
+    synth_dicom.write_exam(export / date.isoformat(), identity, synth_dicom.VENDORS["siemens"], flair=volume,
+                           t1=volume, extras=())
+
+
+def test_a_new_dicom_exam_redoes_the_patient_and_keeps_the_earlier_result(tmp_path, calls, monkeypatch):
+    """Cron over a PACS export: known exams are skipped; a new exam of the same patient is processed."""
+    runs = []
+
+    def run_patient(patient, out_dir, params, resources, *, force=False, progress=None, keep_previous=None):
+        runs.append((tuple(visit.session for visit in patient.visits), force, keep_previous))
+        folder = Path(out_dir) / f"sub-{patient.subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        timepoints = [{"session": visit.session} for visit in patient.visits]
+        (folder / "report.json").write_text(json.dumps({"timepoints": timepoints}))
+        return folder
+
+    monkeypatch.setattr(pipeline, "run_patient", run_patient)
+    export, out = tmp_path / "pacs", tmp_path / "out"
+    _dicom_exam(export, dt.date(2021, 3, 1))
+    first = run_batch(export, out, Params())
+    assert len(first.done) == 1 and runs == [(("20210301",), False, None)]
+    assert run_batch(export, out, Params()).skipped == [first.done[0].name]
+
+    _dicom_exam(export, dt.date(2022, 3, 1))
+    third = run_batch(export, out, Params())
+    assert [folder.name for folder in third.done] == [first.done[0].name]  # same pseudonym
+    sessions, force, keep_previous = runs[-1]
+    assert sessions == ("20210301", "20220301") and force is True
+    assert keep_previous.parent == out / "previous" and keep_previous.name.startswith(first.done[0].name)

@@ -1,17 +1,21 @@
-"""The one end-to-end test: `msvol run sample_data` through the CLI, checked against the sample truth.
+"""The end-to-end tests: `msvol run sample_data` through the CLI, checked against the sample truth, and
+the same patient as a PACS export (DICOM built from the NIfTI), which must give the same numbers.
 
 Takes a few minutes on 2 cores; skip locally with MSVOL_SKIP_E2E=1 (CI always runs it).
 """
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from click.testing import CliRunner
 
+from msvol import synth_dicom
 from msvol.cli import main
 
 SAMPLE = Path(__file__).parents[1] / "sample_data"
@@ -74,3 +78,68 @@ def test_rerun_keeps_the_finished_result(run_output):
     assert result.exit_code == 0
     assert "skipped sub-01" in result.output
     assert report.read_bytes() == before
+
+
+# A fake identity: it must never reach a log line or a default output.
+IDENTITY = synth_dicom.ExamIdentity("MRN0042", "Testperson^Erika", "19700101", dt.date(2021, 2, 11))
+
+
+@pytest.fixture(scope="module")
+def dicom_output(tmp_path_factory):
+    """sample_data as a Siemens-like PACS export with extra series, then `msvol run` on it."""
+    export = tmp_path_factory.mktemp("pacs")
+    synth_dicom.export_bids_subject(SAMPLE / "sub-01", export, IDENTITY, synth_dicom.VENDORS["siemens"],
+                                    extras=("localizer", "flair_2d", "dwi"), shuffle_seed=4, file_names="numbered")
+    out = tmp_path_factory.mktemp("e2e-dicom")
+    result = CliRunner().invoke(main, ["run", str(export), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    folders = [folder for folder in out.glob("sub-*")]
+    assert len(folders) == 1
+    return export, folders[0], result
+
+
+def test_dicom_export_gives_the_nifti_numbers(run_output, dicom_output):
+    nifti = json.loads((run_output[0] / "sub-01" / "report.json").read_text())
+    dicom = json.loads((dicom_output[1] / "report.json").read_text())
+    assert [t["session"] for t in dicom["timepoints"]] == ["20210211", "20220512", "20230407"]
+    assert [t["date"] for t in dicom["timepoints"]] == [t["date"] for t in nifti["timepoints"]]
+    for from_dicom, from_nifti in zip(dicom["timepoints"], nifti["timepoints"]):
+        for key in ("brain_volume_ml", "lesion_count", "lesion_volume_ml"):
+            assert from_dicom[key] == pytest.approx(from_nifti[key], rel=1e-3, abs=1e-3), key
+    for from_dicom, from_nifti in zip(dicom["intervals"], nifti["intervals"]):
+        assert from_dicom["counts"] == from_nifti["counts"]
+        assert from_dicom["pbvc_percent"] == pytest.approx(from_nifti["pbvc_percent"], abs=0.01)
+
+
+def test_dicom_run_keeps_identifiers_out_of_logs_and_default_outputs(dicom_output):
+    _, subject, result = dicom_output
+    assert subject.name != "sub-MRN0042" and "MRN0042" not in subject.name
+    texts = [result.output, *(path.read_text() for path in subject.glob("*.json")),
+             *(path.read_text() for path in subject.glob("*.csv"))]
+    for text in texts:
+        for secret in ("MRN0042", "Testperson", "Erika", "19700101"):
+            assert secret not in text
+    mapping = subject.parent / "private" / "pseudonyms.tsv"
+    assert f"{subject.name.removeprefix('sub-')}\tMRN0042" in mapping.read_text()
+    for path in (subject / "dicom").glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        assert dataset.PatientID == subject.name.removeprefix("sub-") and "Testperson" not in str(dataset.PatientName)
+        assert not dataset.get("PatientBirthDate")
+
+
+def test_dicom_seg_references_the_followup_flair_series(dicom_output):
+    export, subject, _ = dicom_output
+    report = json.loads((subject / "report.json").read_text())
+    interval = report["intervals"][0]
+    seg = pydicom.dcmread(subject / "dicom" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}"
+                                              "_lesions_seg.dcm")
+    flair_series = {pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID
+                    for path in export.glob(f"*_{interval['to_session']}/**/*") if path.is_file()
+                    and pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription == "t2_spc_da-fl_sag_p2_iso"}
+    assert [item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence] == list(flair_series)
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["MS lesion", "New lesion", "Enlarging lesion"]
+    new = np.asarray(nib.load(subject / "intervals" / f"ses-{interval['from_session']}_to_ses-"
+                                                      f"{interval['to_session']}" / "new_lesions.nii.gz").dataobj)
+    frames = seg.pixel_array  # (segments x slices, rows, columns): segment 2 holds the new lesions
+    slices = frames.shape[0] // 3
+    assert int(frames[slices:2 * slices].sum()) == int((new > 0).sum()) > 0
