@@ -112,6 +112,8 @@ def check(exams, protocol, keep_identifiers, json_path):
             click.echo(ingest_dicom.render_exam(exam, label))
             refused += exam.refusal is not None
             everything.append(ingest_dicom.exam_record(exam, label))
+    click.echo(f"{len(everything)} exam(s): {len(everything) - refused} usable, {refused} refused"
+               + (f"; {len(inventory.skipped)} file(s) skipped" if inventory.skipped else ""))
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = json_path.with_name(f".{json_path.name}.partial")

@@ -59,9 +59,10 @@ class Exam:
     @property
     def refusal(self) -> str | None:
         """Why the exam cannot be analysed, or None when it can."""
-        reasons = [f"{protocol.ROLE_NAMES[role]}: {decision.why}"
-                   for role, decision in self.decisions.items() if decision.chosen is None]
-        return "; ".join(reasons) or None
+        refused = [(role, decision.why) for role, decision in self.decisions.items() if decision.chosen is None]
+        if len(refused) > 1 and len({why for _, why in refused}) == 1:
+            return refused[0][1]  # the whole exam (no date, no PatientID): say it once
+        return "; ".join(f"{protocol.ROLE_NAMES[role]}: {why}" for role, why in refused) or None
 
     @property
     def warnings(self) -> list[str]:
@@ -121,10 +122,11 @@ def scan(folders: list[Path], rules: protocol.Protocol, limits: IngestParams) ->
         series = tuple(sorted((info for info, _ in entries), key=lambda s: (s.number or 0, s.series_uid)))
         notes = tuple(sorted({note for _, note in entries if note}))
         folder = Path(os.path.commonpath([str(path.parent) for info in series for path in info.files]))
-        if date is None:
-            decisions = {role: protocol.RoleDecision(role, (), None, "the exam has no StudyDate, SeriesDate or "
-                                                     "AcquisitionDate; msvol needs the exam date")
-                         for role in protocol.ROLES}
+        missing = ("the exam has no PatientID; msvol cannot tell which exams belong to one patient"
+                   if not patient_id.strip() else "the exam has no StudyDate, SeriesDate or AcquisitionDate; "
+                   "msvol needs the exam date" if date is None else None)
+        if missing:
+            decisions = {role: protocol.RoleDecision(role, (), None, missing) for role in protocol.ROLES}
         else:
             decisions = protocol.exam_decisions(list(series), rules, limits)
         patients[patient_id].append(Exam(patient_id, date or dt.date.min, tuple(sorted({s.study_uid for s in series})),

@@ -5,6 +5,9 @@ The fixtures return factories (session scope, so hypothesis tests may use them t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,3 +45,24 @@ def ball():
 @pytest.fixture(scope="session")
 def make_volume():
     return _volume
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch) -> list:
+    """Replace Resources.load and run_patient: each patient reaching the pipeline is recorded, and its folder
+    gets a report.json listing its sessions (what batch reads to tell a finished result)."""
+    from msvol import pipeline
+
+    record = []
+
+    def run_patient(patient, out_dir, params, resources, **options):
+        record.append(patient)
+        folder = Path(out_dir) / f"sub-{patient.subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "report.json").write_text(json.dumps(
+            {"timepoints": [{"session": visit.session} for visit in patient.visits]}))
+        return folder
+
+    monkeypatch.setattr(pipeline.Resources, "load", staticmethod(lambda model_dir=None, change_model_dir=None: None))
+    monkeypatch.setattr(pipeline, "run_patient", run_patient)
+    return record

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from msvol import pipeline, synth_dicom
+from msvol import synth_dicom
 from msvol.cli import EXIT_INPUT, EXIT_OK, main
 from test_ingest_dicom import NUMBERS, PATIENT_A, PATIENT_B, SECRETS, head, identity
 
@@ -53,25 +53,6 @@ def mixed_export(tmp_path_factory) -> Path:
     synth_dicom.write_exam(export / "EXAM2", identity(PATIENT_B, dt.date(2021, 3, 4)), SIEMENS, flair=head(3),
                            t1=None)
     return export
-
-
-@pytest.fixture
-def calls(monkeypatch) -> list:
-    """Replace Resources.load and run_patient: each patient reaching the pipeline is recorded, and its folder
-    gets a report.json listing its sessions (what batch reads to tell a finished result)."""
-    record = []
-
-    def run_patient(patient, out_dir, params, resources, **options):
-        record.append(patient)
-        folder = Path(out_dir) / f"sub-{patient.subject}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "report.json").write_text(json.dumps(
-            {"timepoints": [{"session": visit.session} for visit in patient.visits]}))
-        return folder
-
-    monkeypatch.setattr(pipeline.Resources, "load", staticmethod(lambda model_dir=None, change_model_dir=None: None))
-    monkeypatch.setattr(pipeline, "run_patient", run_patient)
-    return record
 
 
 # --- msvol check -------------------------------------------------------------------------------------------
@@ -156,21 +137,21 @@ def test_check_hides_identifiers_unless_asked_to_keep_them(mixed_export, tmp_pat
 
 # --- msvol run ---------------------------------------------------------------------------------------------
 
-def test_run_on_a_good_export_exits_0_with_a_pseudonymous_subject(good_export, tmp_path, calls):
+def test_run_on_a_good_export_exits_0_with_a_pseudonymous_subject(good_export, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     result = invoke("run", good_export, "--out", out)
     assert result.exit_code == 0, result.output
     (pseudonym,) = pseudonyms(out).values()
     assert pseudonyms(out) == {PATIENT_A["patient_id"]: pseudonym}
     assert result.stdout == f"report: {out / f'sub-{pseudonym}' / 'report.html'}\n"
-    (patient,) = calls
+    (patient,) = pipeline_calls
     assert (patient.subject, patient.pseudonymous, [visit.session for visit in patient.visits]) == (
         pseudonym, True, ["20220512"])
     for secret in SECRETS:
         assert secret not in result.output
 
 
-def test_run_sets_a_refused_exam_aside_with_its_reason_and_exits_2(mixed_export, tmp_path, calls):
+def test_run_sets_a_refused_exam_aside_with_its_reason_and_exits_2(mixed_export, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     result = invoke("run", mixed_export, "--out", out, "--quiet")
     assert result.exit_code == 2, result.output
@@ -180,36 +161,36 @@ def test_run_sets_a_refused_exam_aside_with_its_reason_and_exits_2(mixed_export,
     line = next(line for line in result.stderr.splitlines() if line.startswith("set aside"))
     assert line == f"set aside sub-{refused}: no usable exam:"
     assert f"exam 2021-03-04 in {mixed_export / 'EXAM2' / 'STUDY'}: {T1_RULE_REASON}" in result.stderr
-    assert [patient.subject for patient in calls] == [good]
+    assert [patient.subject for patient in pipeline_calls] == [good]
     assert not (out / f"sub-{refused}").exists()
 
 
-def test_run_skips_an_existing_result_without_force_and_redoes_it_with_force(good_export, tmp_path, calls):
+def test_run_skips_an_existing_result_without_force_and_redoes_it_with_force(good_export, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     assert invoke("run", good_export, "--out", out).exit_code == 0
     (pseudonym,) = pseudonyms(out).values()
     again = invoke("run", good_export, "--out", out)
     assert again.exit_code == 0, again.output
     assert f"skipped sub-{pseudonym}: result exists" in again.stdout  # the same pseudonym on a later run
-    assert len(calls) == 1
+    assert len(pipeline_calls) == 1
     forced = invoke("run", good_export, "--out", out, "--force")
-    assert forced.exit_code == 0 and len(calls) == 2 and calls[1].subject == pseudonym
+    assert forced.exit_code == 0 and len(pipeline_calls) == 2 and pipeline_calls[1].subject == pseudonym
 
 
-def test_run_keep_identifiers_names_the_subject_by_its_patient_id(good_export, tmp_path, calls):
+def test_run_keep_identifiers_names_the_subject_by_its_patient_id(good_export, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     result = invoke("run", good_export, "--out", out, "--keep-identifiers")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"report: {out / 'sub-MRN40417' / 'report.html'}\n"
     assert not (out / "private").exists()
-    assert [(patient.subject, patient.pseudonymous) for patient in calls] == [("MRN40417", False)]
+    assert [(patient.subject, patient.pseudonymous) for patient in pipeline_calls] == [("MRN40417", False)]
 
 
-def test_run_on_a_folder_without_dicom_exits_2_before_any_model_loads(tmp_path, calls):
+def test_run_on_a_folder_without_dicom_exits_2_before_any_model_loads(tmp_path, pipeline_calls):
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "README.txt").write_text("nothing here\n")
     result = invoke("run", folder, "--out", tmp_path / "out")
     assert result.exit_code == 2
     assert f"error: {folder}: no DICOM images found" in result.stderr
-    assert calls == [] and "Traceback" not in result.output
+    assert pipeline_calls == [] and "Traceback" not in result.output

@@ -22,11 +22,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from msvol import ingest_dicom, pipeline, protocol, synth_dicom
+from msvol import ingest_dicom, protocol, synth_dicom
 from msvol.batch import run_batch
 from msvol.config import IngestParams, Params
 from msvol.datatypes import Volume
 from msvol.errors import InputError
+from test_synth_dicom import _rotation
 
 RULES = protocol.load_protocol()
 LIMITS = IngestParams()
@@ -141,25 +142,6 @@ def history_inventory(history) -> ingest_dicom.Inventory:
     return ingest_dicom.scan([history], RULES, LIMITS)
 
 
-@pytest.fixture
-def calls(monkeypatch) -> list:
-    """Replace Resources.load and run_patient: each patient reaching the pipeline is recorded, and its folder
-    gets a report.json listing its sessions (what batch reads to tell a finished result)."""
-    record = []
-
-    def run_patient(patient, out_dir, params, resources, **options):
-        record.append(patient)
-        folder = Path(out_dir) / f"sub-{patient.subject}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "report.json").write_text(json.dumps(
-            {"timepoints": [{"session": visit.session} for visit in patient.visits]}))
-        return folder
-
-    monkeypatch.setattr(pipeline.Resources, "load", staticmethod(lambda model_dir=None, change_model_dir=None: None))
-    monkeypatch.setattr(pipeline, "run_patient", run_patient)
-    return record
-
-
 # --- one exam, three vendors ---------------------------------------------------------------------------------
 
 VENDOR_NAMES = sorted(synth_dicom.VENDORS)
@@ -230,14 +212,6 @@ def test_enhanced_multiframe_exam_is_read_like_a_classic_one(tmp_path):
 
 
 # --- geometry ----------------------------------------------------------------------------------------------------
-
-def _rotation(degrees: float, axis: int) -> np.ndarray:
-    angle = np.deg2rad(degrees)
-    plane = [a for a in range(3) if a != axis]
-    rotation = np.eye(3)
-    rotation[np.ix_(plane, plane)] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    return rotation
-
 
 def oblique_volume(reversed_slices: bool) -> Volume:
     """40 x 48 x 36 voxels of 0.9 x 1.0 x 1.2 mm, about 10 degrees off axis about two axes, random integers."""
@@ -339,7 +313,7 @@ def test_refused_exam_beside_good_ones_becomes_an_exam_refused_flag(history_inve
     assert "/" not in refused[0].message.split(":", 1)[0]  # no folder path in the report
 
 
-def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path, calls):
+def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     summary = run_batch(history, out, Params())
     table = out / "private" / "pseudonyms.tsv"
@@ -351,7 +325,7 @@ def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path,
     assert sorted(summary.done) == sorted(out / f"sub-{pseudonym}" for pseudonym in by_patient.values())
     assert summary.set_aside == [] and summary.crashed == [] and summary.warnings == []
     # each pseudonym went with its own patient's images
-    by_subject = {patient.subject: patient for patient in calls}
+    by_subject = {patient.subject: patient for patient in pipeline_calls}
     alice, boris = by_subject[by_patient[PATIENT_A["patient_id"]]], by_subject[by_patient[PATIENT_B["patient_id"]]]
     assert [visit.session for visit in alice.visits] == ["20210615", "20230201"]
     assert [visit.session for visit in boris.visits] == ["20220520"]
@@ -364,16 +338,16 @@ def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path,
     assert stat.S_IMODE(table.parent.stat().st_mode) == 0o700
 
 
-def test_keep_identifiers_names_folders_by_sanitised_patient_id_and_writes_no_link_file(history, tmp_path, calls):
+def test_keep_identifiers_names_folders_by_sanitised_patient_id_and_writes_no_link_file(history, tmp_path, pipeline_calls):
     out = tmp_path / "out"
     summary = run_batch(history, out, Params(), keep_identifiers=True)
     assert sorted(summary.done) == [out / "sub-MRN40417", out / "sub-MRN77120"]
-    assert {patient.subject for patient in calls} == {"MRN40417", "MRN77120"}
-    assert not any(patient.pseudonymous for patient in calls)
+    assert {patient.subject for patient in pipeline_calls} == {"MRN40417", "MRN77120"}
+    assert not any(patient.pseudonymous for patient in pipeline_calls)
     assert not (out / "private").exists()
 
 
-def test_two_patient_ids_that_sanitise_alike_never_share_an_output_folder(tmp_path, calls):
+def test_two_patient_ids_that_sanitise_alike_never_share_an_output_folder(tmp_path, pipeline_calls):
     export = tmp_path / "export"
     for patient_id, seed in (("MRN-0001", 51), ("MRN0001", 61)):
         who = synth_dicom.ExamIdentity(patient_id, "LEAKTEST^TWIN", "19700101", dt.date(2022, 3, 3))
@@ -388,7 +362,7 @@ def test_two_patient_ids_that_sanitise_alike_never_share_an_output_folder(tmp_pa
 # --- damaged or incomplete exams ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["dwi", "localizer"])
-def test_truncated_extra_file_is_skipped_with_a_warning_and_the_exam_stays_usable(vendor_export, tmp_path, calls,
+def test_truncated_extra_file_is_skipped_with_a_warning_and_the_exam_stays_usable(vendor_export, tmp_path, pipeline_calls,
                                                                                    kind):
     export = copy_export(vendor_export("siemens"), tmp_path / "export")
     files = sorted((export / "PACS" / "EXPORT_0001" / "STUDY" / f"SERIES{NUMBERS[kind]:03d}").iterdir())
@@ -401,7 +375,7 @@ def test_truncated_extra_file_is_skipped_with_a_warning_and_the_exam_stays_usabl
     assert exam.refusal is None and role_numbers(exam) == {"flair": NUMBERS["flair"], "t1": NUMBERS["t1"]}
     summary = run_batch(export, tmp_path / "out", Params())
     assert summary.warnings == list(inventory.skipped)
-    assert len(summary.done) == 1 and summary.set_aside == [] and len(calls) == 1
+    assert len(summary.done) == 1 and summary.set_aside == [] and len(pipeline_calls) == 1
 
 
 def _flair_files_in_slice_order(export: Path) -> list[Path]:
@@ -488,6 +462,16 @@ def test_exam_without_any_date_is_refused(tmp_path):
     assert exam.refusal is not None and "no StudyDate, SeriesDate or AcquisitionDate" in exam.refusal
     assert "(no date)" in ingest_dicom.render_exam(exam, "patient 1")
     assert ingest_dicom.exam_record(exam, "patient 1")["date"] is None
+
+
+def test_exams_without_patient_id_are_refused_not_merged_into_one_patient(tmp_path):
+    """Anonymised exports often blank PatientID: such exams cannot be matched over time."""
+    small = oblique_volume(False)
+    written = synth_dicom.write_exam(tmp_path / "exam", identity(PATIENT_A, dt.date(2022, 5, 12)),
+                                     synth_dicom.VENDORS["siemens"], flair=small, t1=small, extras=())
+    _rewrite([path for files in written.values() for path in files], PatientID="")
+    (exam,) = ingest_dicom.scan([tmp_path], RULES, LIMITS).patients[""]
+    assert exam.refusal == "the exam has no PatientID; msvol cannot tell which exams belong to one patient"
 
 
 # --- identifiers ---------------------------------------------------------------------------------------------------
