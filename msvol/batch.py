@@ -85,13 +85,17 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
 
 
 def _new_sessions(folder: Path, sessions: frozenset[str] | None) -> set[str]:
-    """Usable exams of a DICOM patient that its existing result (folder/report.json) does not include."""
+    """Usable exams of a DICOM patient that its existing result (folder/report.json) has not seen, neither
+    analysed nor refused (a refused exam stays refused: redoing the patient on every run would change nothing)."""
     report = folder / "report.json"
     if sessions is None or not report.is_file():
         return set()
     try:
-        done = {timepoint["session"] for timepoint in json.loads(report.read_text())["timepoints"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        model = json.loads(report.read_text())
+        done = {timepoint["session"] for timepoint in model["timepoints"]}
+        done |= {flag["scope"].removeprefix("exam ").replace("-", "") for flag in model.get("qc_flags", ())
+                 if flag["code"] == "exam_refused"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()  # an unreadable report is left alone: skipped like any existing result
     return set(sessions) - done
 

@@ -180,3 +180,9 @@ def test_a_new_dicom_exam_redoes_the_patient_and_keeps_the_earlier_result(tmp_pa
     sessions, force, keep_previous = runs[-1]
     assert sessions == ("20210301", "20220301") and force is True
     assert keep_previous.parent == out / "previous" and keep_previous.name.startswith(first.done[0].name)
+
+    # an exam the pipeline refused (say its pixels would not decode) is not retried on every later run
+    report = first.done[0] / "report.json"
+    report.write_text(json.dumps({"timepoints": [{"session": "20210301"}], "qc_flags": [
+        {"code": "exam_refused", "scope": "exam 2022-03-01", "message": "..."}]}))
+    assert run_batch(export, out, Params()).skipped == [first.done[0].name] and len(runs) == 2
