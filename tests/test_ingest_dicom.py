@@ -235,7 +235,6 @@ def test_oblique_geometry_round_trips_to_a_hundredth_of_a_millimetre(tmp_path, m
     """read_volume puts every voxel where the source put it; a k against the slice normal comes back reversed."""
     source = oblique_volume(reversed_slices)
     vendor = synth_dicom.VENDORS["philips"]
-    # Philips' T1 header has no inversion time, so the enhanced files avoid the InversionTimes bug tested above.
     synth_dicom.write_series(source, tmp_path, identity(PATIENT_A, dt.date(2022, 5, 12)), vendor, vendor.t1,
                              series_number=4, multiframe=multiframe, compress=compress)
     small = dataclasses.replace(LIMITS, min_field_of_view_mm=10.0)
@@ -249,6 +248,25 @@ def test_oblique_geometry_round_trips_to_a_hundredth_of_a_millimetre(tmp_path, m
     if reversed_slices:
         source_centres = source_centres[:, :, ::-1]
     assert np.abs(voxel_centres(volume.affine, volume.data.shape) - source_centres).max() <= 0.01
+
+
+def test_jpeg_ls_compressed_series_decodes_to_the_same_voxels(tmp_path):
+    """Another compressed syntax PACS use: JPEG-LS lossless (encoded by pydicom + pyjpegls, decoded by GDCM)."""
+    source = oblique_volume(False)
+    vendor = synth_dicom.VENDORS["ge"]
+    for path in synth_dicom.write_series(source, tmp_path, identity(PATIENT_A, dt.date(2022, 5, 12)), vendor,
+                                         vendor.t1, series_number=4):
+        dataset = pydicom.dcmread(path)
+        dataset.compress(pydicom.uid.JPEGLSLossless)
+        dataset.save_as(path)
+    small = dataclasses.replace(LIMITS, min_field_of_view_mm=10.0)
+    (exam,) = ingest_dicom.scan([tmp_path], RULES, small).patients[PATIENT_A["patient_id"]]
+    (series,) = exam.series
+    assert pydicom.dcmread(series.files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == \
+        pydicom.uid.JPEGLSLossless
+    volume = ingest_dicom.read_volume(series, "T1w", small)
+    assert np.array_equal(volume.data, source.data)
+    assert np.abs(volume.affine - source.affine).max() <= 0.01
 
 
 # --- several patients and exams ------------------------------------------------------------------------------------
