@@ -205,7 +205,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
         lesion_files={v.session: files[v.session]["lesions"][0] for v in prepared},
         interval_files={key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
-                        if isinstance(key, tuple)})
+                        if isinstance(key, tuple)},
+        acquisitions={visit.session: visit.acquisition for visit in patient.visits})
     with _timed(timings, "report"):
         texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}

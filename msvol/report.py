@@ -1,7 +1,7 @@
 """Results -> report model (a JSON-ready dict) -> JSON and CSV text. HTML lives in report_html.py.
 
 The report model is the output contract other tools depend on (schema_version below):
-`subject`, `timepoints` (session, date, volumes), `intervals` (from_session, to_session,
+`subject`, `timepoints` (session, date, volumes, acquisition: scanner and FLAIR series), `intervals` (from_session, to_session,
 years, pbvc_percent, pbvc_annualized_percent, counts, lesions, qc_flags), `qc_flags`,
 the effective parameters and their hash, and a methods paragraph with references.
 Every new or enlarging lesion carries `review: {"decision": "pending"}` for the radiologist and
@@ -18,9 +18,9 @@ import json
 
 from msvol import __version__
 from msvol.config import Params, field_sources
-from msvol.datatypes import IntervalResult, QCFlag, TimepointMeasures
+from msvol.datatypes import Acquisition, IntervalResult, QCFlag, TimepointMeasures
 
-SCHEMA_VERSION = "1.1"  # 1.1: lesions carry "confidence"
+SCHEMA_VERSION = "1.2"  # 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -57,7 +57,8 @@ INTERVAL_CSV_COLUMNS = ("subject", "from_session", "to_session", "years", "pbvc_
 
 def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: list[IntervalResult],
                  *, params: Params, methods: list[str], qc_flags: list[QCFlag],
-                 lesion_files: dict[str, str], interval_files: dict[tuple[str, str], dict[str, str]]) -> dict:
+                 lesion_files: dict[str, str], interval_files: dict[tuple[str, str], dict[str, str]],
+                 acquisitions: dict[str, Acquisition] | None = None) -> dict:
     """Assemble the report model.
 
     Parameters
@@ -69,6 +70,7 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
     qc_flags : subject- and visit-level flags.
     lesion_files : session -> relative path of its lesions.nii.gz.
     interval_files : (from, to) -> {"new_lesions": path, "enlarging_lesions": path}.
+    acquisitions : session -> scanner and FLAIR series facts (what a scanner change is judged on).
     """
     pathological = params.atrophy.pathological_annualized_pbvc_percent
     interval_models = []
@@ -99,7 +101,9 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
         "status": STATUS,
         "disclaimer": DISCLAIMER,
         "subject": subject,
-        "timepoints": [_timepoint_model(measures, lesion_files.get(measures.session)) for measures in timepoints],
+        "timepoints": [_timepoint_model(measures, lesion_files.get(measures.session),
+                                        (acquisitions or {}).get(measures.session, Acquisition()))
+                       for measures in timepoints],
         "intervals": interval_models,
         "qc_flags": [dataclasses.asdict(flag) for flag in qc_flags],
         "methods": " ".join(methods),
@@ -110,7 +114,7 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
     }
 
 
-def _timepoint_model(measures: TimepointMeasures, lesions_file: str | None) -> dict:
+def _timepoint_model(measures: TimepointMeasures, lesions_file: str | None, acquisition: Acquisition) -> dict:
     return {
         "session": measures.session,
         "date": measures.date.isoformat(),
@@ -120,6 +124,7 @@ def _timepoint_model(measures: TimepointMeasures, lesions_file: str | None) -> d
         "brain_parenchymal_fraction": round(measures.brain_parenchymal_fraction, 4),
         "lesion_count": measures.lesion_count,
         "lesion_volume_ml": round(measures.lesion_volume_ml, 3),
+        "acquisition": dataclasses.asdict(acquisition),
         "files": {"lesions": lesions_file} if lesions_file else {},
     }
 

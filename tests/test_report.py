@@ -248,3 +248,23 @@ def test_render_csv_of_a_single_visit_has_only_the_header(results):
     timepoints, _ = results
     text = report.render_csv(build((timepoints[:1], [])))
     assert text.splitlines() == [",".join(report.INTERVAL_CSV_COLUMNS)]
+
+
+def test_timepoints_carry_the_acquisition_and_the_html_shows_it(results):
+    from msvol.datatypes import Acquisition
+    from msvol.report_html import render_html
+
+    timepoints, intervals = results
+    scanners = {"01": Acquisition("SIEMENS", "Prisma", 3.0, "syngo MR E11", "t2_spc_da-fl_sag_p2_iso"),
+                "02": Acquisition("GE MEDICAL SYSTEMS", "DISCOVERY MR750", 1.5, None, "Sag CUBE T2 FLAIR")}
+    model = report.build_report(
+        "07", timepoints, intervals, params=Params(), methods=METHODS, qc_flags=[],
+        lesion_files={}, interval_files={}, acquisitions=scanners)
+    assert model["timepoints"][0]["acquisition"] == {
+        "manufacturer": "SIEMENS", "model": "Prisma", "field_strength_t": 3.0, "software": "syngo MR E11",
+        "protocol": "t2_spc_da-fl_sag_p2_iso"}
+    assert model["timepoints"][2]["acquisition"]["manufacturer"] is None  # not recorded for that session
+    html = render_html(model, {})
+    assert "SIEMENS, Prisma, 3 T, t2_spc_da-fl_sag_p2_iso" in html
+    assert "GE MEDICAL SYSTEMS, DISCOVERY MR750, 1.5 T, Sag CUBE T2 FLAIR" in html
+    assert "not recorded" in html
