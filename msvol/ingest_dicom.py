@@ -367,7 +367,8 @@ def load_patient(exams: tuple[Exam, ...], subject: str, params: IngestParams, *,
         flags += [QCFlag("protocol_deviation", warning, scope) for warning in exam.warnings]
         flags += [QCFlag("series_choice", f"{protocol.ROLE_NAMES[role]}: "
                          f"{decision.chosen.series.label} chosen {decision.why}", scope)
-                  for role, decision in exam.decisions.items() if len(decision.candidates) > 1]
+                  for role, decision in exam.decisions.items()  # only a real ambiguity: 2+ usable series
+                  if sum(candidate.status != "fail" for candidate in decision.candidates) > 1]
         flags += [QCFlag("exam_date", note, scope) for note in exam.notes]
     if not visits:
         raise InputError("no usable exam:\n" + "\n".join(refusals))
