@@ -16,6 +16,16 @@ from msvol import __version__
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
 
+def _write_json(path: Path, data) -> None:
+    """Write `data` as JSON atomically: a temporary file beside `path`, then a rename."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(data, indent=2))
+    temporary.replace(path)
+
+
 def _echo(quiet: bool):
     def progress(message: str) -> None:
         if not quiet:
@@ -89,8 +99,6 @@ def check(exams, protocol, keep_identifiers, json_path):
     Reads headers only and writes nothing but --json. Exit code 0 when every exam is usable,
     2 when any exam would be refused.
     """
-    import json
-
     from msvol import ingest_dicom
     from msvol.config import load_params
     from msvol.errors import MsvolError
@@ -115,11 +123,8 @@ def check(exams, protocol, keep_identifiers, json_path):
     click.echo(f"{len(everything)} exam(s): {len(everything) - refused} usable, {refused} refused"
                + (f"; {len(inventory.skipped)} file(s) skipped" if inventory.skipped else ""))
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = json_path.with_name(f".{json_path.name}.partial")
-        temporary.write_text(json.dumps({"protocol": str(rules.source), "exams": everything,
-                                         "skipped_files": list(inventory.skipped)}, indent=2))
-        temporary.replace(json_path)
+        _write_json(json_path, {"protocol": str(rules.source), "exams": everything,
+                                "skipped_files": list(inventory.skipped)})
     sys.exit(EXIT_INPUT if refused else EXIT_OK)
 
 
@@ -184,8 +189,6 @@ def train(config_path, out_dir, cache_dir, task, steps, seed):
               help="Also write the full result as JSON here.")
 def evaluate(pred_dir, truth_dir, json_path):
     """Lesion-wise, new-lesion and PBVC accuracy of msvol's output against truth label maps."""
-    import json
-
     from msvol import evaluate as evaluation
     from msvol.errors import MsvolError
 
@@ -195,8 +198,5 @@ def evaluate(pred_dir, truth_dir, json_path):
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = json_path.with_name(f".{json_path.name}.partial")
-        temporary.write_text(json.dumps(result, indent=2))
-        temporary.replace(json_path)
+        _write_json(json_path, result)
     click.echo(evaluation.render_table(result), nl=False)

@@ -174,7 +174,7 @@ def write_summary(path: Path, report: dict, source: SourceSeries, *, pseudonym: 
     Parameters
     ----------
     path : the .dcm file to write (its folder is created when missing).
-    report : the report model (msvol.report.build_report, schema 1.1).
+    report : the report model (msvol.report.build_report).
     source : the follow-up FLAIR series; its first file gives the patient and study.
     pseudonym : None to copy the patient and study modules from the source; otherwise as in
         `write_segmentation`, and the page names the pseudonym instead of report["subject"].

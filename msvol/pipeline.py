@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import time
@@ -215,28 +216,26 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     return final
 
 
-def _dicom_writers(patient: Patient, model: dict, files: dict) -> list[Callable[[Path], Path]]:
+def _dicom_writers(patient: Patient, model: dict, files: dict) -> dict[str, Callable[[Path], Path]]:
     """For visits read from DICOM: a SEG per interval on the follow-up FLAIR series, and a summary page
-    on the latest FLAIR series (OUT/sub-XX/dicom/). Pseudonymised unless the subject id is the PatientID."""
+    on the latest FLAIR series, as relative path -> writer(target path). Pseudonymised unless the subject
+    id is the PatientID."""
     series = {visit.session: visit.flair_series for visit in patient.visits if visit.flair_series is not None}
     pseudonym = patient.subject if patient.pseudonymous else None
 
     def source(session: str) -> dicom_export.SourceSeries:
         return dicom_export.SourceSeries(series[session].files, series[session].frame_numbers)
 
-    writers = []
+    writers = {}
     for key, group in files.items():
         if isinstance(key, tuple) and key[1] in series:
-            lesion_labels = files[key[1]]["lesions"][1].data
-            name = f"dicom/ses-{key[0]}_to_ses-{key[1]}_lesions_seg.dcm"
-            writers.append(lambda staging, name=name, key=key, group=group, labels=lesion_labels:
-                           dicom_export.write_segmentation(staging / name, source(key[1]), labels,
-                                                           group["new_lesions"][1].data,
-                                                           group["enlarging_lesions"][1].data, pseudonym=pseudonym))
+            writers[f"dicom/ses-{key[0]}_to_ses-{key[1]}_lesions_seg.dcm"] = functools.partial(
+                dicom_export.write_segmentation, source=source(key[1]), lesions=files[key[1]]["lesions"][1].data,
+                new=group["new_lesions"][1].data, enlarging=group["enlarging_lesions"][1].data, pseudonym=pseudonym)
     latest = patient.visits[-1].session
     if latest in series:
-        writers.append(lambda staging: dicom_export.write_summary(staging / "dicom/report_summary.dcm", model,
-                                                                  source(latest), pseudonym=pseudonym))
+        writers["dicom/report_summary.dcm"] = functools.partial(dicom_export.write_summary, report=model,
+                                                                source=source(latest), pseudonym=pseudonym)
     return writers
 
 
@@ -264,16 +263,17 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
 
 
 def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool,
-                      writers: list[Callable[[Path], Path]] = (), keep_previous: Path | None = None) -> None:
-    """Write everything (texts, label volumes, then each writer(staging)) into a hidden staging folder,
-    then rename it to `final` in one step."""
+                      writers: dict[str, Callable[[Path], Path]] | None = None,
+                      keep_previous: Path | None = None) -> None:
+    """Write everything (texts, label volumes, then each writer(staging / its relative path)) into a
+    hidden staging folder, then rename it to `final` in one step."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         _write_files(staging, texts, files)
-        for write in writers:
-            write(staging)
+        for relative, write in (writers or {}).items():
+            write(staging / relative)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

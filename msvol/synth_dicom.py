@@ -18,7 +18,6 @@ ImageOrientationPatient holds the LPS unit directions of +i and +j, PixelSpacing
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pydicom.uid import (EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImage
                          generate_uid)
 from pydicom.valuerep import format_number_as_ds
 
-from msvol.datatypes import Volume
+from msvol.datatypes import Patient, Volume
 
 # Past the ~400-line guide; the Enhanced MR header (_enhanced_header) is the piece to move out when it grows.
 STUDY_DESCRIPTION = "MRI BRAIN MS FOLLOW-UP"
@@ -541,35 +540,21 @@ def _shuffle_names(written: dict[str, list[Path]], rng: np.random.Generator) -> 
     return {kind: [renamed[path] for path in paths] for kind, paths in written.items()}
 
 
-def _load_nifti(path: Path, kind: str) -> Volume:
-    import nibabel as nib
+def export_patient(patient: Patient, folder: Path, identity: ExamIdentity, vendor: Vendor,
+                   **exam_kwargs) -> list[Path]:
+    """A PACS export of a patient (e.g. `ingest.load_patient` of a BIDS subject): one exam per visit, in
+    folder/<patient id>_<YYYYMMDD>.
 
-    image = nib.load(path)
-    return Volume(np.asarray(image.dataobj, dtype=np.float32), image.affine, kind, path)
-
-
-def export_bids_subject(subject_dir: Path, folder: Path, identity: ExamIdentity, vendor: Vendor,
-                        **exam_kwargs) -> list[Path]:
-    """A PACS export of a BIDS subject: one exam per session, in folder/<patient id>_<YYYYMMDD>.
-
-    Sessions and their dates come from sub-XX_sessions.tsv (column acq_time, ISO date); each
-    session's anat/*_FLAIR.nii.gz and *_T1w.nii.gz are written with `write_exam(**exam_kwargs)`.
-    Every exam has the same patient, its own StudyInstanceUID and the session's date; an empty
-    accession number becomes "ACC<YYYYMMDD>". Returns the exam folders in session order.
+    Each visit's FLAIR and T1 are written with `write_exam(**exam_kwargs)`. Every exam has the same
+    patient, its own StudyInstanceUID and the visit's date; an empty accession number becomes
+    "ACC<YYYYMMDD>". Returns the exam folders in visit order.
     """
-    subject_dir = Path(subject_dir)
-    with open(subject_dir / f"{subject_dir.name}_sessions.tsv", newline="") as table:
-        sessions = list(csv.DictReader(table, delimiter="\t"))
     exams = []
-    for session in sessions:
-        date = dt.date.fromisoformat(session["acq_time"][:10])
-        anat = subject_dir / session["session_id"] / "anat"
-        flair, t1 = (next(iter(sorted(anat.glob(f"*_{suffix}.nii.gz"))), None) for suffix in ("FLAIR", "T1w"))
-        flair, t1 = (_load_nifti(path, kind) if path else None for path, kind in ((flair, "FLAIR"), (t1, "T1w")))
-        exam_identity = dataclasses.replace(identity, study_date=date, study_uid=generate_uid(),
-                                            accession_number=identity.accession_number or f"ACC{date:%Y%m%d}")
-        exam = Path(folder) / f"{identity.patient_id}_{date:%Y%m%d}"
-        write_exam(exam, exam_identity, vendor, flair=flair, t1=t1, **exam_kwargs)
+    for visit in patient.visits:
+        exam_identity = dataclasses.replace(identity, study_date=visit.date, study_uid=generate_uid(),
+                                            accession_number=identity.accession_number or f"ACC{visit.date:%Y%m%d}")
+        exam = Path(folder) / f"{identity.patient_id}_{visit.date:%Y%m%d}"
+        write_exam(exam, exam_identity, vendor, flair=visit.flair, t1=visit.t1, **exam_kwargs)
         exams.append(exam)
     return exams
 

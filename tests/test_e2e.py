@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from msvol import synth_dicom
+from msvol import ingest, synth_dicom
 from msvol.cli import main
 
 SAMPLE = Path(__file__).parents[1] / "sample_data"
@@ -88,8 +88,9 @@ IDENTITY = synth_dicom.ExamIdentity("MRN0042", "Testperson^Erika", "19700101", d
 def dicom_output(tmp_path_factory):
     """sample_data as a Siemens-like PACS export with extra series, then `msvol run` on it."""
     export = tmp_path_factory.mktemp("pacs")
-    synth_dicom.export_bids_subject(SAMPLE / "sub-01", export, IDENTITY, synth_dicom.VENDORS["siemens"],
-                                    extras=("localizer", "flair_2d", "dwi"), shuffle_seed=4, file_names="numbered")
+    synth_dicom.export_patient(ingest.load_patient(SAMPLE / "sub-01"), export, IDENTITY,
+                               synth_dicom.VENDORS["siemens"], extras=("localizer", "flair_2d", "dwi"), shuffle_seed=4,
+                               file_names="numbered")
     out = tmp_path_factory.mktemp("e2e-dicom")
     result = CliRunner().invoke(main, ["run", str(export), "--out", str(out)])
     assert result.exit_code == 0, result.output

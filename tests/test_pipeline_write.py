@@ -34,10 +34,10 @@ def test_force_replaces_and_keep_previous_moves_the_earlier_result(tmp_path):
 def test_a_failing_writer_leaves_the_earlier_result_untouched(tmp_path):
     final = existing_result(tmp_path)
 
-    def broken(staging):
+    def broken(target):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        pipeline._write_atomically(final, {"report.json": "new"}, {}, force=True, writers=[broken])
+        pipeline._write_atomically(final, {"report.json": "new"}, {}, force=True, writers={"dicom/x.dcm": broken})
     assert (final / "report.json").read_text() == "old"
     assert sorted(path.name for path in final.parent.iterdir()) == ["sub-01"]

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 
-from msvol import synth_dicom
+from msvol import ingest, synth_dicom
 from msvol.datatypes import Volume
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")  # pydicom warns of values invalid for their VR
@@ -291,8 +291,8 @@ def test_enhanced_exam_has_one_file_per_volume_series(tmp_path, identity):
 def test_export_of_the_bids_sample_gives_one_dated_exam_per_session(tmp_path, identity):
     import nibabel as nib
 
-    exams = synth_dicom.export_bids_subject(SAMPLE_SUBJECT, tmp_path, identity, synth_dicom.VENDORS["philips"],
-                                            extras=(), multiframe=True)
+    exams = synth_dicom.export_patient(ingest.load_patient(SAMPLE_SUBJECT), tmp_path, identity,
+                                       synth_dicom.VENDORS["philips"], extras=(), multiframe=True)
     assert [exam.name for exam in exams] == ["FAKE001_20210211", "FAKE001_20220512", "FAKE001_20230407"]
     headers = [[pydicom.dcmread(path, stop_before_pixels=True) for path in sorted(exam.rglob("*.dcm"))]
                for exam in exams]
