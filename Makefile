@@ -37,7 +37,7 @@ bench-heldout: $(STAMP)
 
 # Retrain both shipped lesion models from scratch with their own configs (CPU, in parallel; docs/MODEL.md).
 # Copy build/train-*/bundle over msvol/models/lesion_* to ship the result.
-RENDER = from pathlib import Path; from msvol import train; train.render_label_cases(range($(1), 1012, 2), Path("build/labelcache"))
+RENDER = from pathlib import Path; from msvol.training import train; train.render_label_cases(range($(1), 1012, 2), Path("build/labelcache"))
 train: $(STAMP)
 	$(PY) -c '$(call RENDER,1000)' & $(PY) -c '$(call RENDER,1001)'; wait
 	OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --config msvol/models/lesion_segmenter/configs/train.yaml \

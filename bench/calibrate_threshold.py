@@ -14,15 +14,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from msvol import ingest, lesions, pipeline, segment
+from msvol import pipeline
 from msvol.config import Params
 from msvol.evaluate import score_scan
+from msvol.ingest import bids
+from msvol.stages import lesions, segment
 
 
 def main(root: Path) -> None:
     params = Params()
     resources = pipeline.Resources.load()
-    for visit in ingest.load_patient(root / "sub-01").visits:
+    for visit in bids.load_patient(root / "sub-01").visits:
         ready = pipeline.prepare_visit(visit, params, resources)
         probability, _ = segment.segment_visit(ready, params.segment, resources.segmenter)
         truth_path = root / "derivatives" / "truth" / "sub-01" / f"sub-01_ses-{visit.session}_lesions.nii.gz"

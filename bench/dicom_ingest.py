@@ -1,6 +1,6 @@
 """`make bench`, DICOM part: how long ingest takes for one PACS exam of about 1000 files (target < 10 s).
 
-Builds an exam with msvol.synth_dicom from a synthetic patient (200 slices per 3D series at
+Builds an exam with msvol.synth.dicom from a synthetic patient (200 slices per 3D series at
 1 mm): 3D FLAIR, 3D T1, a post-contrast 3D T1, a 3D T2, a localiser, a 2D FLAIR and a DWI with
 four b-values. Times `ingest_dicom.scan` (every header, grouping, protocol checks) and
 `ingest_dicom.load_patient` (decoding the chosen FLAIR and T1 with SimpleITK), best of three,
@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from msvol import ingest_dicom, protocol, synth, synth_dicom
 from msvol.config import IngestParams
 from msvol.datatypes import Volume
+from msvol.ingest import dicom as ingest_dicom, protocol
+from msvol.synth import dicom as synth_dicom, patients
 
 BEGIN, END = "<!-- dicom ingest bench: begin -->", "<!-- dicom ingest bench: end -->"
 IDENTITY = synth_dicom.ExamIdentity("BENCH0001", "Bench^Patient", "19700101", dt.date(2024, 1, 15))
@@ -31,7 +32,7 @@ IDENTITY = synth_dicom.ExamIdentity("BENCH0001", "Bench^Patient", "19700101", dt
 
 def _volumes(seed: int) -> tuple[Volume, Volume]:
     """A synthetic patient's first visit cropped or padded to 200 x 200 x 200 at 1 mm, integer-valued."""
-    visit = synth.generate_patient(seed, synth.SynthSettings(n_visits=1))["visits"][0]
+    visit = patients.generate_patient(seed, patients.SynthSettings(n_visits=1))["visits"][0]
 
     def cube(image: np.ndarray, affine: np.ndarray, kind: str) -> Volume:
         data = np.zeros((200, 200, 200), np.float32)

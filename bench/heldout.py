@@ -21,17 +21,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from msvol import evaluate, ingest, lesions, pipeline, preprocess, segment, synth
+from msvol import evaluate, pipeline
 from msvol.config import Params
 from msvol.errors import InputError
+from msvol.ingest import bids
+from msvol.stages import lesions, preprocess, segment
+from msvol.synth import patients
 
 
 def _generate(data_dir: Path, subjects: int, first_seed: int, contrast: str) -> None:
-    settings = synth.SynthSettings(n_visits=3, contrast=contrast)
+    settings = patients.SynthSettings(n_visits=3, contrast=contrast)
     for index in range(subjects):
         subject = f"{index + 1:02d}"
         if not (data_dir / "derivatives" / "truth" / f"sub-{subject}" / f"sub-{subject}_truth.json").exists():
-            synth.write_patient(synth.generate_patient(first_seed + index, settings), data_dir, subject)
+            patients.write_patient(patients.generate_patient(first_seed + index, settings), data_dir, subject)
 
 
 def _timed_models(times: dict):
@@ -87,10 +90,10 @@ def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict
     times: dict = {}
     _timed_models(times)
     set_aside = {}
-    for subject_dir in ingest.find_subjects(data):
+    for subject_dir in bids.find_subjects(data):
         cache.clear()
         scales.clear()
-        patient = ingest.load_patient(subject_dir, fused_params.ingest)
+        patient = bids.load_patient(subject_dir, fused_params.ingest)
         try:
             for name, params in (("fused", fused_params), ("independent", independent_params)):
                 print(f"{contrast} {subject_dir.name} {name}", file=sys.stderr, flush=True)

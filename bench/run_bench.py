@@ -22,8 +22,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from msvol import ingest, pipeline
+from msvol import pipeline
 from msvol.config import Params
+from msvol.ingest import bids
 
 FIRST_SEED = 500
 MARKER = "<!-- make bench writes below this line -->"
@@ -93,11 +94,11 @@ def main() -> None:
     resources = pipeline.Resources.load()
     load_seconds = time.perf_counter() - started
     rows, stage_totals = [], {}
-    for subject_dir in ingest.find_subjects(data):
+    for subject_dir in bids.find_subjects(data):
         subject = subject_dir.name.removeprefix("sub-")
         timings: dict = {}
         began = time.perf_counter()
-        patient = ingest.load_patient(subject_dir, params.ingest)
+        patient = bids.load_patient(subject_dir, params.ingest)
         timings["ingest"] = time.perf_counter() - began
         pipeline.run_patient(patient, results, params, resources, force=True, timings=timings)
         row = _evaluate(results / f"sub-{subject}", data / "derivatives" / "truth" / f"sub-{subject}", subject)

@@ -6,7 +6,7 @@ Each subject is either done (its folder written), skipped (a finished result is 
 and --force was not given; for DICOM input, unless a new exam of that patient has arrived: then
 it is redone and the earlier result is kept under OUT/previous/), set aside for bad input (with
 the reason), or failed with an internal error (a crash file with the traceback goes under
-OUT/crashes/).
+OUT/crashes/). Each outcome is reported once, in the summary; `progress` tells only what is being done.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from msvol import ingest_dicom, ingest, pipeline, protocol, pseudonyms
+from msvol import pipeline
 from msvol.config import Params
 from msvol.datatypes import Patient
 from msvol.errors import MsvolError, OutputExistsError
+from msvol.ingest import bids, dicom as ingest_dicom, protocol, pseudonyms
 
 
 @dataclasses.dataclass
@@ -50,15 +51,14 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
     if ingest_dicom.looks_like_dicom(input_path):
         jobs = _dicom_jobs(input_path, out_dir, params, rules or protocol.load_protocol(), keep_identifiers, summary)
     else:
-        jobs = [(subject_dir.name, functools.partial(ingest.load_patient, subject_dir, params.ingest), None)
-                for subject_dir in ingest.find_subjects(input_path)]
+        jobs = [(subject_dir.name, functools.partial(bids.load_patient, subject_dir, params.ingest), None)
+                for subject_dir in bids.find_subjects(input_path)]
     resources = None
     for position, (name, load, sessions) in enumerate(jobs, 1):
         progress(f"[{position}/{len(jobs)}] {name}")
         added = _new_sessions(out_dir / name, sessions)
         if (out_dir / name).exists() and not force and not added:
             summary.skipped.append(name)
-            progress(f"{name}: a result is already there; skipped (use --force to redo)")
             continue
         keep_previous = None
         if added and not force:  # a new exam of a known patient: redo, and keep the earlier result
@@ -74,13 +74,11 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
             summary.skipped.append(name)
         except MsvolError as exc:
             summary.set_aside.append((name, str(exc)))
-            progress(f"{name}: set aside: {exc}")
         except Exception:  # an internal error in one subject must not sink the batch
             crash = out_dir / "crashes" / f"{name}-{dt.datetime.now():%Y%m%dT%H%M%S}.txt"
             crash.parent.mkdir(parents=True, exist_ok=True)
             crash.write_text(traceback.format_exc())
             summary.crashed.append((name, crash))
-            progress(f"{name}: internal error; traceback in {crash}")
     return summary
 
 

@@ -45,7 +45,8 @@ def main():
               help="Output folder; each subject's results go to OUT/sub-XX/.")
 @click.option("--force", is_flag=True, help="Redo subjects whose results already exist (replaced atomically).")
 @click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Protocol YAML: series rules for DICOM and threshold overrides (default protocols/ms_standard.yaml).")
+              help="Protocol YAML: series rules for DICOM and threshold overrides (default: the shipped copy of "
+                   "protocols/ms_standard.yaml).")
 @click.option("--keep-identifiers", is_flag=True,
               help="Name DICOM subjects by PatientID instead of a pseudonym (identifiers then appear in outputs).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -63,7 +64,7 @@ def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, chang
     from msvol import batch
     from msvol.config import load_params
     from msvol.errors import MsvolError
-    from msvol.protocol import load_protocol
+    from msvol.ingest.protocol import load_protocol
 
     try:
         params, rules = load_params(protocol), load_protocol(protocol)
@@ -89,7 +90,7 @@ def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, chang
 @main.command()
 @click.argument("exams", metavar="EXAM...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--protocol", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Protocol YAML (default protocols/ms_standard.yaml).")
+              help="Protocol YAML (default: the shipped copy of protocols/ms_standard.yaml).")
 @click.option("--keep-identifiers", is_flag=True, help="Show PatientIDs instead of 'patient 1, 2, ...'.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every decision and check as JSON here.")
@@ -99,10 +100,10 @@ def check(exams, protocol, keep_identifiers, json_path):
     Reads headers only and writes nothing but --json. Exit code 0 when every exam is usable,
     2 when any exam would be refused.
     """
-    from msvol import ingest_dicom
     from msvol.config import load_params
     from msvol.errors import MsvolError
-    from msvol.protocol import load_protocol
+    from msvol.ingest import dicom as ingest_dicom
+    from msvol.ingest.protocol import load_protocol
 
     try:
         params, rules = load_params(protocol), load_protocol(protocol)
@@ -142,7 +143,7 @@ def check(exams, protocol, keep_identifiers, json_path):
 @click.option("--quiet", is_flag=True, help="Print only the output folder.")
 def synth(out_dir, subjects, visits, seed, intensity_scale, noise, contrast, quiet):
     """Write synthetic patients with known truth as a BIDS dataset in OUT (truth in OUT/derivatives/truth)."""
-    from msvol import synth as generator
+    from msvol.synth import patients as generator
 
     if visits < 1 or subjects < 1:
         raise click.BadParameter("--subjects and --visits must be at least 1")
@@ -168,8 +169,8 @@ def synth(out_dir, subjects, visits, seed, intensity_scale, noise, contrast, qui
 @click.option("--seed", type=int, help="Seed of sampling and augmentation (overrides the config).")
 def train(config_path, out_dir, cache_dir, task, steps, seed):
     """Train a lesion model on domain-randomised synthetic data; resumes from OUT/checkpoint.pt."""
-    from msvol import train as trainer
     from msvol.errors import MsvolError
+    from msvol.training import train as trainer
 
     try:
         settings = trainer.load_settings(config_path, task=task, steps=steps, seed=seed)

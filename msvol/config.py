@@ -57,9 +57,26 @@ class PreprocessParams:
         "errors on sample_data from +0.07/-0.27/-0.19 to +0.07/+0.02/+0.09 and on synth seed 1 from "
         "-0.12/+0.12/+0.02 to +0.06/+0.06/+0.13 percentage points, at the same run time (docs/METHODS.md)")
     brain_mask_threshold: float = _p(0.5, "probability", "deepbet default threshold (Fisch et al., 2024)")
+    # Bounds on deepbet's brain mask, from MRI intracranial volumes (ICV) of healthy adults: Matsumae et al.,
+    # J Neurosurg 1996;84:982-991: ICV 1469 +- 102 ml in men and 1289 +- 111 ml in women, brain 88.6 % of ICV
+    # (1302 +- 112 and 1143 +- 105 ml). deepbet's mask holds a CSF margin: 2205-2297 ml on synthetic brains of
+    # ~1880 ml (docs/BENCHMARKS.md) and 2217 ml on a healthy large adult head (issue 9).
     min_brain_volume_ml: float = _p(
-        700.0, "ml", "msvol choice: adult brains are ~1000-1600 ml; less means the image is not a whole brain")
-    max_brain_volume_ml: float = _p(2200.0, "ml", "msvol choice: above any adult brain volume")
+        600.0, "ml",
+        "Matsumae 1996: women's brain volume 1143 - 5 SD (105 ml) = 618 ml; a mask below 600 ml (exclusive) "
+        "cannot be a whole adult brain and is refused")
+    warn_brain_volume_below_ml: float = _p(
+        830.0, "ml",
+        "Matsumae 1996: women's brain volume 1143 - 3 SD (105 ml) = 828 ml; below 830 ml the mask is kept and "
+        "flagged (unusual_brain_volume): severe atrophy, a small head, or a mask that missed brain")
+    warn_brain_volume_above_ml: float = _p(
+        1880.0, "ml",
+        "Matsumae 1996: men's ICV 1469 + 4 SD (102 ml) = 1877 ml; above 1880 ml the mask is kept and flagged "
+        "(unusual_brain_volume): a large head, or a mask that leaked beyond the brain")
+    max_brain_volume_ml: float = _p(
+        2500.0, "ml",
+        "Matsumae 1996: men's ICV 1469 + 10 SD (102 ml) = 2489 ml, above deepbet's CSF margin on any head in "
+        "the published range; a mask above 2500 ml (exclusive) cannot be an adult head and is refused")
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,13 @@ from typing import Callable
 
 import numpy as np
 
-from msvol import atlas, atrophy, bundle, dicom_export, lesions, preprocess, register, report, report_html, segment
 from msvol.config import Params
 from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit, QCFlag, Rigid,
                              Visit, Volume)
 from msvol.errors import OutputExistsError
+from msvol.models import bundle
+from msvol.outputs import dicom as dicom_export, html, report
+from msvol.stages import atlas, atrophy, lesions, preprocess, register, segment
 
 Progress = Callable[[str], None]
 
@@ -195,9 +197,13 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         intervals.append(result)
         reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
         with _timed(timings, "report"):
-            thumbnails[(result.from_session, result.to_session)] = report_html.lesion_thumbnails(images, reviewed)
+            thumbnails[(result.from_session, result.to_session)] = html.lesion_thumbnails(images, reviewed)
 
     subject_flags = list(patient.ingest_flags)
+    for visit in prepared:
+        note = preprocess.unusual_brain_volume(visit.t1_brain_mask, params.preprocess)
+        if note:
+            subject_flags.append(QCFlag("unusual_brain_volume", note, f"ses-{visit.session}"))
     if len(prepared) == 1:
         subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
                                     "analysis.", "subject"))
@@ -209,7 +215,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
                         if isinstance(key, tuple)},
         acquisitions={visit.session: visit.acquisition for visit in patient.visits})
     with _timed(timings, "report"):
-        texts = {"report.json": report.render_json(model), "report.html": report_html.render_html(model, thumbnails),
+        texts = {"report.json": report.render_json(model), "report.html": html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
         _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files),
                           keep_previous=keep_previous)

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msvol import pipeline, synth_dicom
+from msvol import pipeline
 from msvol.batch import run_batch
 from msvol.config import Params
 from msvol.datatypes import Patient, Volume
-from test_ingest import image_path, write_subject
+from msvol.synth import dicom as synth_dicom
+from tests.builders import image_path, write_subject
 
 DUMMY_RESOURCES = object()
 
@@ -84,8 +85,8 @@ def test_broken_subject_is_set_aside_and_a_crash_does_not_stop_the_batch(bids, t
     assert isinstance(patient, Patient) and patient.subject == "02" and len(patient.visits) == 1
     assert resources is DUMMY_RESOURCES and force is False
     assert calls["load"] == [(None, None)], "the shipped models"
-    assert any("sub-01" in message and "set aside" in message for message in messages)
-    assert any(str(crash) in message for message in messages)
+    # outcomes are the summary's to report (once); progress only says what is being worked on
+    assert not any("set aside" in message or str(crash) in message for message in messages)
 
 
 def test_resources_are_loaded_once_for_all_subjects(bids, tmp_path, calls, monkeypatch):

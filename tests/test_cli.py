@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from msvol import __version__
 from msvol.cli import EXIT_INPUT, main
-from test_evaluate import write_prediction, write_synth_truth
-from test_ingest import image_path, smooth_image, write_image, write_subject
+from tests.builders import image_path, smooth_image, write_image, write_subject
 
 
 def invoke(*args: str):
@@ -146,6 +145,16 @@ def test_bad_input_is_set_aside_with_exit_2_naming_the_file(tmp_path, case):
     assert not (out / "crashes").exists()
 
 
+def test_a_subject_set_aside_is_reported_once_with_progress_shown(tmp_path):
+    """Regression: the progress line and the summary both said "set aside" (the reason printed twice)."""
+    root = tmp_path / "bids"
+    offending = _missing_t1w(write_subject(root))
+    result = invoke("run", root, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "[1/1] sub-01" in result.stderr, "progress is shown without --quiet"
+    assert result.stderr.count("set aside") == 1 and result.stderr.count(str(offending)) == 1
+
+
 def test_unknown_protocol_key_exits_2_naming_the_file(tmp_path):
     root = tmp_path / "bids"
     write_subject(root, dates={"01": "2020-01-15"})
@@ -189,7 +198,7 @@ def test_out_that_is_a_file_is_a_usage_error(tmp_path):
 
 
 def test_model_folder_that_is_not_a_bundle_sets_the_subject_aside_naming_the_file(tmp_path, monkeypatch):
-    from msvol import atlas
+    from msvol.stages import atlas
 
     # the MNI template is loaded before the models; a stand-in saves a second (the check is the bundle's)
     tiny = np.ones((2, 2, 2), np.float32)
@@ -203,46 +212,6 @@ def test_model_folder_that_is_not_a_bundle_sets_the_subject_aside_naming_the_fil
     assert "set aside sub-01" in result.stderr
     assert str(not_a_bundle / "configs" / "metadata.json") in result.stderr
     assert "Traceback" not in result.output
-
-
-# --- msvol evaluate --------------------------------------------------------------------------------
-
-
-def test_evaluate_prints_the_table_and_writes_json(tmp_path):
-    """The hand-made prediction and synth truth of test_evaluate: 2 scans and 1 pair in common."""
-    import json
-
-    from msvol.evaluate import evaluate, render_table
-
-    write_prediction(tmp_path / "out")
-    write_synth_truth(tmp_path / "bids")
-    json_path = tmp_path / "eval" / "result.json"
-    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "bids", "--json", json_path)
-    assert result.exit_code == 0, result.output
-    assert "2 scans, 1 pairs (truth layout: synth)" in result.stdout
-    expected = evaluate(tmp_path / "out", tmp_path / "bids")
-    assert result.stdout.rstrip("\n") == render_table(expected).rstrip("\n")  # click.echo adds a newline
-    written = json.loads(json_path.read_text())
-    assert written["overall"]["scans"] == 2 and written["overall"]["pairs"] == 1
-    assert written["pairs"][0]["pbvc_error_percent"] == -0.3
-    assert not list(json_path.parent.glob(".*partial")), "written atomically"
-
-
-def test_evaluate_with_a_missing_truth_folder_exits_2(tmp_path):
-    write_prediction(tmp_path / "out")
-    missing = tmp_path / "no_truth_here"
-    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", missing)
-    assert result.exit_code == 2
-    assert "no_truth_here" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_evaluate_without_truth_label_maps_exits_2_naming_the_folder(tmp_path):
-    write_prediction(tmp_path / "out")
-    (tmp_path / "truth").mkdir()
-    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "truth")
-    assert result.exit_code == 2
-    assert str(tmp_path / "truth") in result.stderr and "no truth label maps" in result.stderr
 
 
 # --- msvol train and synth: refused before any work ------------------------------------------------

@@ -1,6 +1,6 @@
 """Tests for `msvol check` and `msvol run` on DICOM exports, through click's CliRunner.
 
-Exports are written by synth_dicom (helpers from test_ingest_dicom): a conforming exam of patient A and an
+Exports are written by synth_dicom (helpers from tests/builders.py): a conforming exam of patient A and an
 exam of patient B without a 3D T1, plus a README.txt that is not DICOM. The pipeline of `msvol run` is
 replaced (monkeypatch) so only the command's bookkeeping is tested; no model runs.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from msvol import synth_dicom
 from msvol.cli import EXIT_INPUT, EXIT_OK, main
-from test_ingest_dicom import NUMBERS, PATIENT_A, PATIENT_B, SECRETS, head, identity
+from msvol.synth import dicom as synth_dicom
+from tests.builders import NUMBERS, PATIENT_A, PATIENT_B, SECRETS, head, identity
 
 GE = synth_dicom.VENDORS["ge"]
 SIEMENS = synth_dicom.VENDORS["siemens"]

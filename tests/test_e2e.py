@@ -15,8 +15,9 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from msvol import ingest, synth_dicom
 from msvol.cli import main
+from msvol.ingest import bids
+from msvol.synth import dicom as synth_dicom
 
 SAMPLE = Path(__file__).parents[1] / "sample_data"
 TRUTH = SAMPLE / "derivatives" / "truth" / "sub-01" / "sub-01_truth.json"
@@ -88,7 +89,7 @@ IDENTITY = synth_dicom.ExamIdentity("MRN0042", "Testperson^Erika", "19700101", d
 def dicom_output(tmp_path_factory):
     """sample_data as a Siemens-like PACS export with extra series, then `msvol run` on it."""
     export = tmp_path_factory.mktemp("pacs")
-    synth_dicom.export_patient(ingest.load_patient(SAMPLE / "sub-01"), export, IDENTITY,
+    synth_dicom.export_patient(bids.load_patient(SAMPLE / "sub-01"), export, IDENTITY,
                                synth_dicom.VENDORS["siemens"], extras=("localizer", "flair_2d", "dwi"), shuffle_seed=4,
                                file_names="numbered")
     out = tmp_path_factory.mktemp("e2e-dicom")

@@ -8,7 +8,9 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from msvol.cli import main
 from msvol.errors import InputError
 from msvol.evaluate import SIZE_BINS_MM3, evaluate, render_table, score_new_lesions, score_scan
 
@@ -242,3 +244,43 @@ def test_volumes_use_the_affine_voxel_volume(prediction, tmp_path):
     write_generic_truth(tmp_path / "truth")
     scan = evaluate(prediction, tmp_path / "truth")["scans"][0]
     assert (scan["truth_volume_mm3"], scan["pred_volume_mm3"]) == (160 * 8.0, 151 * 8.0)
+
+
+# --- msvol evaluate, through click's CliRunner ---------------------------------------------------
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def test_evaluate_prints_the_table_and_writes_json(tmp_path):
+    """The hand-made prediction and synth truth above: 2 scans and 1 pair in common."""
+    write_prediction(tmp_path / "out")
+    write_synth_truth(tmp_path / "bids")
+    json_path = tmp_path / "eval" / "result.json"
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "bids", "--json", json_path)
+    assert result.exit_code == 0, result.output
+    assert "2 scans, 1 pairs (truth layout: synth)" in result.stdout
+    expected = evaluate(tmp_path / "out", tmp_path / "bids")
+    assert result.stdout.rstrip("\n") == render_table(expected).rstrip("\n")  # click.echo adds a newline
+    written = json.loads(json_path.read_text())
+    assert written["overall"]["scans"] == 2 and written["overall"]["pairs"] == 1
+    assert written["pairs"][0]["pbvc_error_percent"] == -0.3
+    assert not list(json_path.parent.glob(".*partial")), "written atomically"
+
+
+def test_evaluate_with_a_missing_truth_folder_exits_2(tmp_path):
+    write_prediction(tmp_path / "out")
+    missing = tmp_path / "no_truth_here"
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", missing)
+    assert result.exit_code == 2
+    assert "no_truth_here" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_without_truth_label_maps_exits_2_naming_the_folder(tmp_path):
+    write_prediction(tmp_path / "out")
+    (tmp_path / "truth").mkdir()
+    result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "truth")
+    assert result.exit_code == 2
+    assert str(tmp_path / "truth") in result.stderr and "no truth label maps" in result.stderr

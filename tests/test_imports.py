@@ -1,7 +1,9 @@
-"""The house import rules (docs/STYLE.md section 1), checked by walking msvol/*.py with `ast`.
+"""The house import rules (STYLE.md section 1), checked by walking msvol/**/*.py with `ast`.
 
-Every import counts, including those deferred inside functions. `from msvol import X` imports
-the module msvol/X.py when it exists, otherwise a name of msvol/__init__.py (the version).
+Every import counts, including those deferred inside functions. A module is named by its dotted
+path below msvol ("stages.lesions", "pipeline"); its part is the first component ("stages").
+`from msvol.stages import lesions` imports the module stages.lesions; a name that is no module
+(`from msvol import __version__`) counts as an import of the package's __init__.
 """
 
 from __future__ import annotations
@@ -14,105 +16,136 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "msvol"
-MODULES = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__"))
 
-LEAVES = {"datatypes", "errors", "config", "atlas", "bundle"}  # atlas (MNI template), bundle (model files): extra leaves
-STAGES = {"ingest", "preprocess", "register", "segment", "lesions", "atrophy", "report", "report_html"}
-# module -> (may import from msvol, or None for "anything not forbidden"; must not import)
-# STYLE.md: "all may import datatypes, errors, config", so a leaf may use another leaf
-# (config raises errors.ConfigError) but nothing beyond the leaves.
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+MODULES = sorted(module_name(path) for path in PACKAGE.rglob("*.py") if path.name != "__main__.py")
+SUBPACKAGE_INITS = sorted(module_name(path) for path in PACKAGE.glob("*/__init__.py"))
+
+LEAVES = {"config", "datatypes", "errors"}
+ATLAS = "stages.atlas"  # the MNI template loader: a leaf inside stages, used by stages' composer and by synth
+# part -> (parts and modules it may import besides the leaves, or None for "anything not forbidden"; forbidden)
 RULES = {
-    **{leaf: (LEAVES - {leaf}, set()) for leaf in LEAVES},
-    **{stage: (LEAVES, set()) for stage in STAGES},
-    "synth": (LEAVES | {"synth_anatomy"}, {"pipeline", "cli"}),
-    "synth_anatomy": (LEAVES, {"pipeline", "cli"}),  # synth split by responsibility (STYLE: < ~400 lines)
-    "train": (LEAVES | {"randomise", "synth"}, {"pipeline", "cli"}),
-    "randomise": (LEAVES, {"pipeline", "cli"}),
-    "evaluate": (LEAVES, {"pipeline", "cli"}),
-    # ingest split by responsibility: ingest_dicom reads DICOM and reuses the NIfTI checks of ingest;
-    # protocol holds the series rules both ingest_dicom and `msvol check` apply
-    "protocol": (LEAVES, {"pipeline", "cli"}),
-    "ingest_dicom": (LEAVES | {"protocol", "ingest"}, {"pipeline", "cli"}),
-    "pseudonyms": (LEAVES, {"pipeline", "cli"}),
-    "dicom_export": (LEAVES, {"pipeline", "cli"}),
-    "synth_dicom": (LEAVES, {"pipeline", "cli"}),
-    "pipeline": (None, {"cli", "batch", "review"}),
-    "batch": (None, {"cli"}),
+    "config": (set(), set()), "datatypes": (set(), set()), "errors": (set(), set()),
+    "ingest": ({"ingest"}, {"stages", "outputs", "pipeline", "review", "ops", "batch", "cli"}),
+    "stages": ({"models", ATLAS}, {"pipeline", "outputs", "cli"}),
+    "outputs": ({"outputs"}, {"stages", "pipeline", "review", "ops", "batch", "cli"}),
+    "models": (set(), set()),
+    "synth": ({"synth", "models", ATLAS}, {"pipeline", "cli", "review", "ops", "batch"}),
+    "training": ({"training", "synth", "models"}, {"pipeline", "cli", "review", "ops", "batch"}),
+    "evaluate": (set(), {"pipeline", "cli"}),
+    "pipeline": ({"ingest", "stages", "outputs", "models"}, {"review", "ops", "batch", "cli"}),
+    "batch": (None, {"cli"}),  # moves to ops/ with the operations issue
     "cli": (None, set()),
 }
 
 
+def part_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def is_module(dotted: str) -> bool:
+    path = PACKAGE.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def msvol_imports(module: str) -> list[tuple[str, list[str], int]]:
-    """(imported msvol module, names imported from it, line) for every import in msvol/<module>.py."""
-    return imports_in((PACKAGE / f"{module}.py").read_text())
+    """(imported msvol module, names imported from it, line) for every import in that module."""
+    path = PACKAGE.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if module == "__init__":
+        path = PACKAGE / "__init__.py"
+    return imports_in(path.read_text(), package=module if path.name == "__init__.py" else module.rpartition(".")[0])
 
 
-def imports_in(source: str) -> list[tuple[str, list[str], int]]:
-    """The msvol imports of a source text. The package itself (msvol/__init__.py) is "__init__"."""
-    tree = ast.parse(source)
+def imports_in(source: str, package: str = "") -> list[tuple[str, list[str], int]]:
+    """The msvol imports of a source text (as dotted names below msvol; the package itself is "__init__").
+    `package` is the dotted package of the source, for relative imports."""
     found = []
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "msvol":
-                    found.append((parts[1] if len(parts) > 1 else "__init__", [], node.lineno))
+                    found.append((".".join(parts[1:]) or "__init__", [], node.lineno))
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative import inside the package
-                parts = ["msvol"] + (node.module.split(".") if node.module else [])
+                base = [part for part in package.split(".") if part and part != "__init__"]
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                parts = ["msvol", *base, *(node.module.split(".") if node.module else [])]
             elif node.module and node.module.split(".")[0] == "msvol":
                 parts = node.module.split(".")
             else:
                 continue
-            names = [alias.name for alias in node.names]
-            if len(parts) > 1:
-                found.append((parts[1], names, node.lineno))
-            else:  # from msvol import X: a submodule or a name of __init__
-                for name in names:
-                    is_module = (PACKAGE / f"{name}.py").is_file() or (PACKAGE / name).is_dir()
-                    found.append((name if is_module else "__init__", [] if is_module else [name], node.lineno))
+            origin = ".".join(parts[1:])
+            for alias in node.names:
+                candidate = f"{origin}.{alias.name}" if origin else alias.name
+                if is_module(candidate):
+                    found.append((candidate, [], node.lineno))
+                else:
+                    found.append((origin or "__init__", [alias.name], node.lineno))
     return found
 
 
-def test_every_module_has_a_rule():
-    """A new module must be placed in the table (STYLE.md section 1) before it can import anything."""
-    assert set(MODULES) - set(RULES) == set(), "add the new module to RULES and to STYLE.md section 1"
+def violations(module: str, imports: list[tuple[str, list[str], int]]) -> list[str]:
+    allowed, forbidden = RULES.get(part_of(module), (set(), set()))
+    problems = []
+    for imported, _, line in imports:
+        if imported == "__init__" or imported == module or part_of(imported) in LEAVES and part_of(module) != "errors":
+            continue
+        part = part_of(imported)
+        if part == part_of(module) == "stages" and imported != ATLAS:
+            problems.append(f"msvol.{module} (line {line}) imports msvol.{imported}: a stage never imports another stage")
+        elif part in forbidden or (allowed is not None and part not in allowed and imported not in allowed):
+            problems.append(f"msvol.{module} (line {line}) imports msvol.{imported}")
+    return problems
+
+
+def test_every_part_has_a_rule():
+    """A new top-level module or subpackage must be placed in the table (STYLE.md section 1) first."""
+    assert {part_of(module) for module in MODULES} - set(RULES) - {"__init__"} == set(), \
+        "add the new part to RULES and to STYLE.md section 1"
 
 
 def test_the_walker_sees_every_kind_of_import():
     source = (
         "import numpy\n"
-        "import msvol.lesions\n"
+        "import msvol.stages.lesions\n"
         "from msvol import __version__, pipeline\n"
-        "from msvol.segment import build_network, _private\n"
+        "from msvol.stages.segment import build_network, _private\n"
         "from . import atrophy\n"
-        "from .config import Params\n"
+        "from ..config import Params\n"
         "def run():\n"
-        "    from msvol import batch as b\n"
+        "    from msvol.ingest import dicom as ingest_dicom\n"
     )
-    assert imports_in(source) == [
-        ("lesions", [], 2), ("__init__", ["__version__"], 3), ("pipeline", [], 3),
-        ("segment", ["build_network", "_private"], 4), ("atrophy", [], 5), ("config", ["Params"], 6),
-        ("batch", [], 8)]
-
-
-def violations(module: str, imports: list[tuple[str, list[str], int]]) -> list[str]:
-    allowed, forbidden = RULES.get(module, (set(), set()))
-    return [f"msvol/{module}.py:{line} imports msvol.{imported}" for imported, _, line in imports
-            if imported not in ("__init__", module)
-            and (imported in forbidden or (allowed is not None and imported not in allowed))]
+    assert imports_in(source, package="stages") == [
+        ("stages.lesions", [], 2), ("__init__", ["__version__"], 3), ("pipeline", [], 3),
+        ("stages.segment", ["build_network"], 4), ("stages.segment", ["_private"], 4), ("stages.atrophy", [], 5),
+        ("config", ["Params"], 6),
+        ("ingest.dicom", [], 8)]
 
 
 def test_the_table_check_catches_a_violation():
-    assert violations("ingest", imports_in("from msvol.config import IngestParams\n"
-                                           "from msvol import __version__")) == []
-    assert violations("ingest", imports_in("def f():\n    from msvol import segment")) == [
-        "msvol/ingest.py:2 imports msvol.segment"]
-    assert violations("pipeline", imports_in("from msvol import batch, segment")) == [
-        "msvol/pipeline.py:1 imports msvol.batch"]
-    assert violations("config", imports_in("import msvol.ingest")) == ["msvol/config.py:1 imports msvol.ingest"]
-    assert violations("train", imports_in("from msvol import randomise, synth, lesions")) == [
-        "msvol/train.py:1 imports msvol.lesions"]
+    assert violations("ingest.bids", imports_in("from msvol.config import IngestParams\n"
+                                                "from msvol import __version__")) == []
+    assert violations("ingest.bids", imports_in("def f():\n    from msvol.stages import segment")) == [
+        "msvol.ingest.bids (line 2) imports msvol.stages.segment"]
+    assert violations("stages.lesions", imports_in("from msvol.stages import register")) == [
+        "msvol.stages.lesions (line 1) imports msvol.stages.register: a stage never imports another stage"]
+    assert violations("stages.segment", imports_in("from msvol.models import bundle\nfrom msvol.stages import atlas")) == []
+    assert violations("pipeline", imports_in("from msvol import batch\nfrom msvol.stages import segment")) == [
+        "msvol.pipeline (line 1) imports msvol.batch"]
+    assert violations("config", imports_in("import msvol.ingest.bids")) == ["msvol.config (line 1) imports msvol.ingest.bids"]
+    assert violations("outputs.html", imports_in("from msvol.stages import lesions")) == [
+        "msvol.outputs.html (line 1) imports msvol.stages.lesions"]
+    assert violations("training.train", imports_in("from msvol.synth import patients\nfrom msvol.stages import lesions")) == [
+        "msvol.training.train (line 2) imports msvol.stages.lesions"]
+    assert violations("synth.patients", imports_in("from msvol import pipeline")) == [
+        "msvol.synth.patients (line 1) imports msvol.pipeline"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -127,10 +160,13 @@ def test_leaf_modules_do_not_import_each_other_in_a_cycle():
         for target in targets:
             assert leaf not in graph[target], f"msvol.{leaf} and msvol.{target} import each other"
     assert graph["errors"] == set(), "errors is the base of everything and imports nothing from msvol"
+    assert [name for name, _, _ in msvol_imports(ATLAS)] == [], "the atlas loader is a leaf"
 
 
-def test_package_init_imports_nothing_from_msvol():
-    assert msvol_imports("__init__") == []
+@pytest.mark.parametrize("module", ["__init__", *SUBPACKAGE_INITS])
+def test_package_inits_import_nothing_from_msvol(module):
+    """Importing a subpackage (msvol.stages) must not pull in its modules: the heavy ones import torch."""
+    assert msvol_imports(module) == []
 
 
 def test_cli_uses_no_private_names():
@@ -140,8 +176,19 @@ def test_cli_uses_no_private_names():
     assert not private, "; ".join(private)
 
 
-@pytest.mark.parametrize("statement", ["import msvol", "import msvol.cli", "import msvol.config"])
+HEAVY = "print(sorted(m for m in ('torch', 'ants', 'monai') if m in sys.modules))"
+
+
+@pytest.mark.parametrize("statement", ["import msvol", "import msvol.cli", "import msvol.config",
+                                       "import msvol.ingest, msvol.stages, msvol.outputs, msvol.models"])
 def test_light_imports_do_not_load_heavy_libraries(statement):
-    code = f"{statement}, sys; print(sorted(m for m in ('torch', 'ants', 'monai') if m in sys.modules))"
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    output = subprocess.run([sys.executable, "-c", f"{statement}, sys; {HEAVY}"], capture_output=True, text=True,
+                            check=True)
     assert output.stdout.strip() == "[]"
+
+
+def test_help_loads_no_heavy_library():
+    code = ("import sys\nfrom msvol.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            + HEAVY)
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage" in output.stdout and output.stdout.strip().splitlines()[-1] == "[]"

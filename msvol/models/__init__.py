@@ -1,0 +1,1 @@
+"""What inference loads: the MONAI bundle reader (bundle.py) and the two shipped bundles beside it."""

@@ -1,0 +1,2 @@
+"""The pipeline's stages: pure computation on typed objects (no file writes). A stage never imports
+another stage; msvol.pipeline composes them."""

@@ -1,0 +1,2 @@
+"""Synthetic patients with known truth: anatomy, lesions and atrophy (patients.py), and DICOM exports
+of them for tests (dicom.py)."""

@@ -1,0 +1,67 @@
+"""Tests for preprocess's brain-volume bounds: refused outside what any adult head can hold, flagged in the
+plausible-but-unusual band, silent in the usual range (config.PreprocessParams, Matsumae 1996).
+
+deepbet is replaced by a stand-in that returns a mask of a chosen number of 2 mm voxels (8 mm3 each), so
+every volume below is exact.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from msvol.config import PreprocessParams
+from msvol.datatypes import Volume
+from msvol.errors import InputError
+from msvol.stages import preprocess
+
+SHAPE = (80, 80, 80)  # 4096 ml at 8 mm3 per voxel
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+PARAMS = PreprocessParams()
+
+
+class MaskOfVolume:
+    """Stands in for deepbet's BrainExtraction: `run` returns a mask of exactly `volume_ml`."""
+
+    def __init__(self, volume_ml: float):
+        self.voxels = round(volume_ml * 1000 / 8)
+
+    def run(self, image, threshold):
+        mask = np.zeros(int(np.prod(SHAPE)), np.uint8)
+        mask[:self.voxels] = 1
+        return None, nib.Nifti1Image(mask.reshape(SHAPE), image.affine), None
+
+
+def t1() -> Volume:
+    return Volume(np.ones(SHAPE, np.float32), AFFINE, "T1w", source="sub-01/ses-01/anat/sub-01_ses-01_T1w.nii.gz")
+
+
+def extract(volume_ml: float) -> Volume:
+    return preprocess.extract_brain(t1(), PARAMS, extractor=MaskOfVolume(volume_ml))
+
+
+def test_the_bounds_are_ordered_and_cover_the_large_healthy_head_of_issue_9():
+    assert PARAMS.min_brain_volume_ml < PARAMS.warn_brain_volume_below_ml < PARAMS.warn_brain_volume_above_ml \
+        < PARAMS.max_brain_volume_ml
+    mask = extract(2217)  # a healthy large adult head, deepbet mask with its CSF margin: refused before issue 9
+    assert preprocess.mask_volume_ml(mask) == pytest.approx(2217, abs=0.01)
+    assert "unusually large" in preprocess.unusual_brain_volume(mask, PARAMS)
+
+
+@pytest.mark.parametrize("volume_ml", [599, 2501, 100, 3500])
+def test_a_mask_that_cannot_be_an_adult_head_is_refused_naming_the_file(volume_ml):
+    with pytest.raises(InputError) as caught:
+        extract(volume_ml)
+    message = str(caught.value)
+    assert "sub-01_ses-01_T1w.nii.gz" in message and f"{volume_ml} ml" in message and "600-2500 ml" in message
+
+
+@pytest.mark.parametrize("volume_ml, flagged", [
+    (600, "small"), (829, "small"), (830, None), (1150, None), (1880, None), (1881, "large"), (2500, "large")])
+def test_accepted_masks_are_flagged_only_outside_the_usual_band(volume_ml, flagged):
+    note = preprocess.unusual_brain_volume(extract(volume_ml), PARAMS)
+    if flagged is None:
+        assert note is None
+    else:
+        assert f"unusually {flagged}" in note and f"{volume_ml} ml" in note and "830-1880 ml" in note
