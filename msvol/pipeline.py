@@ -15,6 +15,7 @@ only when complete, so a killed run leaves no half report; an existing result is
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -208,17 +209,23 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
                                     "analysis.", "subject"))
     files = _output_files(patient, prepared, lesion_maps, intervals)
+    pictures = {(pair, lesion_id): (f"thumbnails/ses-{pair[0]}_to_ses-{pair[1]}/lesion-{lesion_id}.png", picture)
+                for pair, by_lesion in thumbnails.items() for lesion_id, picture in by_lesion.items()}
+    interval_files = {key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
+                      if isinstance(key, tuple)}
+    for (pair, lesion_id), (path, _) in pictures.items():
+        interval_files[pair].setdefault("thumbnails", {})[str(lesion_id)] = path
     model = report.build_report(
         patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
         lesion_files={v.session: files[v.session]["lesions"][0] for v in prepared},
-        interval_files={key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
-                        if isinstance(key, tuple)},
-        acquisitions={visit.session: visit.acquisition for visit in patient.visits})
+        flair_files={v.session: files[v.session]["flair"][0] for v in prepared},
+        interval_files=interval_files, acquisitions={visit.session: visit.acquisition for visit in patient.visits})
     with _timed(timings, "report"):
         texts = {"report.json": report.render_json(model), "report.html": html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
+        blobs = {path: base64.b64decode(picture) for path, picture in pictures.values()}
         _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files),
-                          keep_previous=keep_previous)
+                          keep_previous=keep_previous, blobs=blobs)
     return final
 
 
@@ -255,6 +262,8 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
         files[ready.session] = {
             "lesions": (f"ses-{ready.session}/lesions.nii.gz", preprocess.reorient(lesion_map.labels, native)),
             "brain_mask": (f"ses-{ready.session}/brain_mask.nii.gz", preprocess.reorient(ready.brain_mask, native)),
+            # the bias-corrected FLAIR the models read: the review grows added lesions on it
+            "flair": (f"ses-{ready.session}/flair.nii.gz", preprocess.reorient(ready.flair, native)),
         }
     by_session = {lesion_map.session: lesion_map for lesion_map in lesion_maps}
     for interval in intervals:
@@ -270,14 +279,17 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
 
 def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool,
                       writers: dict[str, Callable[[Path], Path]] | None = None,
-                      keep_previous: Path | None = None) -> None:
-    """Write everything (texts, label volumes, then each writer(staging / its relative path)) into a
-    hidden staging folder, then rename it to `final` in one step."""
+                      keep_previous: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
+    """Write everything (texts, binary blobs, volumes, then each writer(staging / its relative path)) into
+    a hidden staging folder, then rename it to `final` in one step."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         _write_files(staging, texts, files)
+        for relative, blob in (blobs or {}).items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_bytes(blob)
         for relative, write in (writers or {}).items():
             write(staging / relative)
     except BaseException:
@@ -308,5 +320,10 @@ def _write_files(staging: Path, texts: dict[str, str], files: dict) -> None:
         for relative, volume in group.values():
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = volume.data.astype(np.uint8 if volume.data.dtype == bool else np.int32)
-            nib.Nifti1Image(data, volume.affine).to_filename(target)
+            if volume.kind in ("FLAIR", "T1w"):  # an image: 16 bits with a scale factor are ample (1/65535)
+                image = nib.Nifti1Image(volume.data.astype(np.float32), volume.affine)
+                image.set_data_dtype(np.uint16)
+            else:
+                image = nib.Nifti1Image(volume.data.astype(np.uint8 if volume.data.dtype == bool else np.int32),
+                                        volume.affine)
+            image.to_filename(target)

@@ -47,12 +47,19 @@ def test_output_contract(run_output):
         native = nib.load(next((SAMPLE / "sub-01" / f"ses-{timepoint['session']}" / "anat").glob("*_FLAIR.nii.gz")))
         labels = nib.load(subject / f"ses-{timepoint['session']}" / "lesions.nii.gz")
         assert labels.shape == native.shape and np.allclose(labels.affine, native.affine)
+        flair = nib.load(subject / timepoint["files"]["flair"])  # bias-corrected, for the review's added lesions
+        assert flair.shape == native.shape and np.allclose(flair.affine, native.affine)
+        assert flair.get_data_dtype() == np.uint16 and np.asarray(flair.dataobj).max() > 0
     for interval in report["intervals"]:
         assert all(isinstance(v, int) for v in interval["counts"].values())
         folder = subject / "intervals" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}"
         for status in ("new", "enlarging"):
             values = set(np.unique(np.asarray(nib.load(folder / f"{status}_lesions.nii.gz").dataobj))) - {0}
             assert values == {lesion["id"] for lesion in interval["lesions"] if lesion["status"] == status}
+        reviewed = {str(lesion["id"]) for lesion in interval["lesions"] if lesion["status"] in ("new", "enlarging")}
+        assert set(interval["files"].get("thumbnails", {})) == reviewed
+        for path in interval["files"].get("thumbnails", {}).values():
+            assert (subject / path).read_bytes().startswith(b"\x89PNG")
     csv_lines = (subject / "intervals.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 1 + len(report["intervals"])
     html = (subject / "report.html").read_text()

@@ -20,7 +20,9 @@ from msvol import __version__
 from msvol.config import Params, field_sources
 from msvol.datatypes import Acquisition, IntervalResult, QCFlag, TimepointMeasures
 
-SCHEMA_VERSION = "1.2"  # 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"
+# 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"; 1.3: timepoint files name the
+# bias-corrected FLAIR ("flair"), interval files the lesion thumbnails ("thumbnails": id -> PNG)
+SCHEMA_VERSION = "1.3"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -57,8 +59,8 @@ INTERVAL_CSV_COLUMNS = ("subject", "from_session", "to_session", "years", "pbvc_
 
 def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: list[IntervalResult],
                  *, params: Params, methods: list[str], qc_flags: list[QCFlag],
-                 lesion_files: dict[str, str], interval_files: dict[tuple[str, str], dict[str, str]],
-                 acquisitions: dict[str, Acquisition] | None = None) -> dict:
+                 lesion_files: dict[str, str], interval_files: dict[tuple[str, str], dict],
+                 acquisitions: dict[str, Acquisition] | None = None, flair_files: dict[str, str] | None = None) -> dict:
     """Assemble the report model.
 
     Parameters
@@ -69,7 +71,9 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
     methods : one sentence per stage, in pipeline order; citation keys in [brackets].
     qc_flags : subject- and visit-level flags.
     lesion_files : session -> relative path of its lesions.nii.gz.
-    interval_files : (from, to) -> {"new_lesions": path, "enlarging_lesions": path}.
+    interval_files : (from, to) -> {"new_lesions": path, "enlarging_lesions": path,
+        "thumbnails": {lesion id (str): path of its PNG}}.
+    flair_files : session -> relative path of its bias-corrected FLAIR (flair.nii.gz).
     acquisitions : session -> scanner and FLAIR series facts (what a scanner change is judged on).
     """
     pathological = params.atrophy.pathological_annualized_pbvc_percent
@@ -101,7 +105,8 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
         "status": STATUS,
         "disclaimer": DISCLAIMER,
         "subject": subject,
-        "timepoints": [_timepoint_model(measures, lesion_files.get(measures.session),
+        "timepoints": [_timepoint_model(measures, {"lesions": lesion_files.get(measures.session),
+                                                   "flair": (flair_files or {}).get(measures.session)},
                                         (acquisitions or {}).get(measures.session, Acquisition()))
                        for measures in timepoints],
         "intervals": interval_models,
@@ -114,7 +119,7 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
     }
 
 
-def _timepoint_model(measures: TimepointMeasures, lesions_file: str | None, acquisition: Acquisition) -> dict:
+def _timepoint_model(measures: TimepointMeasures, files: dict[str, str | None], acquisition: Acquisition) -> dict:
     return {
         "session": measures.session,
         "date": measures.date.isoformat(),
@@ -125,7 +130,7 @@ def _timepoint_model(measures: TimepointMeasures, lesions_file: str | None, acqu
         "lesion_count": measures.lesion_count,
         "lesion_volume_ml": round(measures.lesion_volume_ml, 3),
         "acquisition": dataclasses.asdict(acquisition),
-        "files": {"lesions": lesions_file} if lesions_file else {},
+        "files": {name: path for name, path in files.items() if path},
     }
 
 
