@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/dicom_ingest.py --out bench/work/dicom --report docs/BENCHMARKS.md
+	$(PY) bench/review_store.py --out bench/work/review --report docs/BENCHMARKS.md
 	$(PY) bench/run_bench.py --subjects 3 --out bench/work --report docs/BENCHMARKS.md
 
 # Regenerate the committed sample patient (seed 7; not a training seed). Bytes keep it < 30 MB.

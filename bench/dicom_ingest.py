@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from run_bench import MARKER, _machine
+    from run_bench import _machine, replace_section
 
     flair, t1 = _volumes(seed=510)
     rows = []
@@ -109,15 +109,7 @@ def main() -> None:
              "| exam files | files | scan (s) | load (s) | total (s) |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {files} | {scan:.2f} | {load:.2f} | {scan + load:.2f} |" for name, files, scan, load in rows]
     lines.append(END)
-    text = args.report.read_text() if args.report.exists() else ""
-    section = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    elif MARKER in text:  # above run_bench's part, which it rewrites from its marker on
-        text = text.replace(MARKER, f"{section}\n\n{MARKER}")
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.report.write_text(text)
+    replace_section(args.report, BEGIN, END, lines)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,20 @@ FIRST_SEED = 500
 MARKER = "<!-- make bench writes below this line -->"
 
 
+def replace_section(report: Path, begin: str, end: str, lines: list[str]) -> None:
+    """Put `lines` (which start with `begin` and end with `end`) into the report: over the earlier section
+    between those markers, else above run_bench's part (which it rewrites from MARKER on), else at the end."""
+    text = report.read_text() if report.exists() else ""
+    section = "\n".join(lines)
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    elif MARKER in text:
+        text = text.replace(MARKER, f"{section}\n\n{MARKER}")
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    report.write_text(text)
+
+
 def _machine() -> str:
     model = "unknown CPU"
     try:

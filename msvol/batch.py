@@ -25,6 +25,7 @@ from msvol.config import Params
 from msvol.datatypes import Patient
 from msvol.errors import MsvolError, OutputExistsError
 from msvol.ingest import bids, dicom as ingest_dicom, protocol, pseudonyms
+from msvol.review import findings, store
 
 
 @dataclasses.dataclass
@@ -39,11 +40,13 @@ class BatchSummary:
 def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = False,
               model_dir: Path | None = None, change_model_dir: Path | None = None,
               rules: protocol.Protocol | None = None, keep_identifiers: bool = False,
-              progress: pipeline.Progress = lambda message: None) -> BatchSummary:
+              progress: pipeline.Progress = lambda message: None, db_url: str | None = None) -> BatchSummary:
     """Run every subject found under `input_path`: a BIDS root, one sub-* folder, or DICOM exam folders.
 
     DICOM patients get a pseudonymous subject id (the link to PatientID stays in OUT/private/)
     unless `keep_identifiers`; `rules` recognise and check their series (default: the standard protocol).
+    Every report written (or found finished) is registered in the findings store (`db_url`, default
+    SQLite at OUT/msvol.db); a report already registered changes nothing there.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,29 @@ def run_batch(input_path: Path, out_dir: Path, params: Params, *, force: bool = 
             crash.parent.mkdir(parents=True, exist_ok=True)
             crash.write_text(traceback.format_exc())
             summary.crashed.append((name, crash))
+    _register(out_dir, [out_dir / name for name in summary.skipped] + summary.done, db_url, summary)
     return summary
+
+
+def _register(out_dir: Path, folders: list[Path], db_url: str | None, summary: BatchSummary) -> None:
+    """Register the subjects' reports in the findings store. A store that cannot be reached costs a
+    warning, not the results: the review commands register what is missing when they open the store."""
+    reports = [folder / "report.json" for folder in folders if (folder / "report.json").is_file()]
+    if not reports:
+        return
+    try:
+        opened = store.open_store(out_dir, db_url)
+    except MsvolError as exc:
+        summary.warnings.append(f"reports not registered in the findings store: {exc}")
+        return
+    try:
+        for report in reports:
+            try:
+                findings.register_report(opened, report)
+            except (MsvolError, KeyError, ValueError, TypeError) as exc:
+                summary.warnings.append(f"{report}: not registered in the findings store ({exc!r})")
+    finally:
+        opened.dispose()
 
 
 def _new_sessions(folder: Path, sessions: frozenset[str] | None) -> set[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from msvol import __version__
+from msvol.cli_review import COMMANDS as REVIEW_COMMANDS
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 
@@ -53,8 +54,10 @@ def main():
               help="Another per-visit lesion model: a MONAI bundle folder (see docs/MODEL.md).")
 @click.option("--change-model", "change_model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Another two-visit change model: a MONAI bundle folder.")
+@click.option("--db", "db_url", metavar="URL",
+              help="Findings store the reports are registered in (default: SQLite at OUT/msvol.db).")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, change_model_dir, quiet):
+def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, change_model_dir, db_url, quiet):
     """Analyse every subject in INPUT and write reports to OUT.
 
     INPUT is a BIDS dataset, one sub-* folder, or a folder of DICOM exams (a PACS export; any
@@ -70,7 +73,7 @@ def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, chang
         params, rules = load_params(protocol), load_protocol(protocol)
         summary = batch.run_batch(input_path, out_dir, params, force=force, model_dir=model_dir,
                                   change_model_dir=change_model_dir, rules=rules, keep_identifiers=keep_identifiers,
-                                  progress=_echo(quiet))
+                                  progress=_echo(quiet), db_url=db_url)
     except MsvolError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
@@ -201,3 +204,7 @@ def evaluate(pred_dir, truth_dir, json_path):
     if json_path:
         _write_json(json_path, result)
     click.echo(evaluation.render_table(result), nl=False)
+
+
+for _command in REVIEW_COMMANDS:
+    main.add_command(_command)

@@ -31,3 +31,15 @@ class ModelError(MsvolError, RuntimeError):
 
 class OutputExistsError(MsvolError, FileExistsError):
     """A finished result is already there; pass --force to redo it."""
+
+
+class StaleVersionError(MsvolError):
+    """A reviewer's write was made against an older version of the subject than the store holds."""
+
+
+class ReviewStateError(MsvolError):
+    """A review step is not possible in the subject's current state (undecided findings, already signed)."""
+
+
+class UnknownIdError(InputError):
+    """A subject, finding or interval id that the findings store does not hold."""

@@ -4,10 +4,14 @@ Output contract (per subject XX, under OUT/sub-XX/):
   report.json, report.html, intervals.csv
   ses-YY/lesions.nii.gz            integer lesion labels on that session's FLAIR grid
   ses-YY/brain_mask.nii.gz         the brain mask used, same grid
+  ses-YY/flair.nii.gz              the bias-corrected FLAIR (uint16, scaled), same grid
   intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz
                                    labels on the ses-BB FLAIR grid, values = lesion ids in report.json
-  dicom/ses-AA_to_ses-BB_lesions_seg.dcm, dicom/report_summary.dcm
-                                   only for DICOM input: a SEG on the ses-BB FLAIR series, a summary page
+  thumbnails/ses-AA_to_ses-BB/lesion-N.png  each new and enlarging lesion at both visits
+  dicom/ses-AA_to_ses-BB_lesions_seg.dcm, dicom/report_summary.dcm, dicom/source/ses-BB/
+                                   only for DICOM input: a SEG on the ses-BB FLAIR series, a summary page,
+                                   header-only copies of the ses-BB FLAIR series (for the signed SEG and SR)
+A reviewed result (final/, review/ inside it) is never deleted: a forced rerun moves it to OUT/previous/.
 Everything is written into a hidden temporary folder beside the result and renamed into place
 only when complete, so a killed run leaves no half report; an existing result is kept unless
 `force` is given.
@@ -19,6 +23,7 @@ import base64
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -32,7 +37,7 @@ from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient,
                              Visit, Volume)
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
-from msvol.outputs import dicom as dicom_export, html, report
+from msvol.outputs import dicom as dicom_export, dicom_source, html, report
 from msvol.stages import atlas, atrophy, lesions, preprocess, register, segment
 
 Progress = Callable[[str], None]
@@ -219,7 +224,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
         lesion_files={v.session: files[v.session]["lesions"][0] for v in prepared},
         flair_files={v.session: files[v.session]["flair"][0] for v in prepared},
-        interval_files=interval_files, acquisitions={visit.session: visit.acquisition for visit in patient.visits})
+        interval_files=interval_files, acquisitions={visit.session: visit.acquisition for visit in patient.visits},
+        provenance=_provenance(patient, resources))
     with _timed(timings, "report"):
         texts = {"report.json": report.render_json(model), "report.html": html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
@@ -229,10 +235,25 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     return final
 
 
+def _provenance(patient: Patient, resources: Resources) -> dict:
+    """Model names and versions, and a SHA-256 of each input image as read (voxels and affine), so an
+    analysis run can be told apart from one on other inputs whatever the file format was."""
+    def digest(volume: Volume) -> str:
+        return hashlib.sha256(np.ascontiguousarray(volume.data).tobytes() + volume.affine.tobytes()).hexdigest()
+
+    models = {role: {"name": model.name, "version": model.metadata.get("version")}
+              for role, model in (("per_visit", resources.segmenter), ("change", resources.change_model))
+              if model is not None}
+    return {"models": models,
+            "inputs": {visit.session: {"flair_sha256": digest(visit.flair), "t1_sha256": digest(visit.t1)}
+                       for visit in patient.visits}}
+
+
 def _dicom_writers(patient: Patient, model: dict, files: dict) -> dict[str, Callable[[Path], Path]]:
-    """For visits read from DICOM: a SEG per interval on the follow-up FLAIR series, and a summary page
-    on the latest FLAIR series, as relative path -> writer(target path). Pseudonymised unless the subject
-    id is the PatientID."""
+    """For visits read from DICOM: a SEG per interval on the follow-up FLAIR series, header-only copies of
+    that series under dicom/source/ses-YY/ (what sign-off builds the confirmed SEG and SR from once the PACS
+    export is gone), and a summary page on the latest FLAIR series, as relative path -> writer(target path).
+    Pseudonymised unless the subject id is the PatientID."""
     series = {visit.session: visit.flair_series for visit in patient.visits if visit.flair_series is not None}
     pseudonym = patient.subject if patient.pseudonymous else None
 
@@ -245,6 +266,9 @@ def _dicom_writers(patient: Patient, model: dict, files: dict) -> dict[str, Call
             writers[f"dicom/ses-{key[0]}_to_ses-{key[1]}_lesions_seg.dcm"] = functools.partial(
                 dicom_export.write_segmentation, source=source(key[1]), lesions=files[key[1]]["lesions"][1].data,
                 new=group["new_lesions"][1].data, enlarging=group["enlarging_lesions"][1].data, pseudonym=pseudonym)
+            # once per follow-up session, however many intervals end there
+            writers[f"dicom/source/ses-{key[1]}"] = functools.partial(
+                dicom_source.write_source_headers, source=source(key[1]), pseudonym=pseudonym)
     latest = patient.visits[-1].session
     if latest in series:
         writers["dicom/report_summary.dcm"] = functools.partial(dicom_export.write_summary, report=model,
@@ -299,6 +323,9 @@ def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force:
         if not force:
             shutil.rmtree(staging)
             raise OutputExistsError(f"{final}: a result appeared while this run worked; use --force to redo it")
+        if keep_previous is None and any((final / name).exists() for name in ("final", "review")):
+            # a reviewer's decisions and signed reports are never deleted, --force or not
+            keep_previous = final.parent / "previous" / f"{final.name}-{time.strftime('%Y%m%dT%H%M%S')}"
         retired = final.with_name(f".{final.name}.replaced-{os.getpid()}")
         final.rename(retired)
         staging.rename(final)

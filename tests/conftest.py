@@ -59,8 +59,9 @@ def pipeline_calls(monkeypatch) -> list:
         record.append(patient)
         folder = Path(out_dir) / f"sub-{patient.subject}"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "report.json").write_text(json.dumps(
-            {"timepoints": [{"session": visit.session} for visit in patient.visits]}))
+        (folder / "report.json").write_text(json.dumps(  # what batch reads, and what the findings store registers
+            {"subject": patient.subject, "software": {"version": "test"}, "intervals": [],
+             "timepoints": [{"session": visit.session, "date": visit.date.isoformat()} for visit in patient.visits]}))
         return folder
 
     monkeypatch.setattr(pipeline.Resources, "load", staticmethod(lambda model_dir=None, change_model_dir=None: None))

@@ -7,6 +7,8 @@ Takes a few minutes on 2 cores; skip locally with MSVOL_SKIP_E2E=1 (CI always ru
 import datetime as dt
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
+from scipy import ndimage
 
 from msvol.cli import main
 from msvol.ingest import bids
@@ -152,3 +155,93 @@ def test_dicom_seg_references_the_followup_flair_series(dicom_output):
     frames = seg.pixel_array  # (segments x slices, rows, columns): segment 2 holds the new lesions
     slices = frames.shape[0] // 3
     assert int(frames[slices:2 * slices].sum()) == int((new > 0).sum()) > 0
+
+
+def test_the_reader_confirms_corrects_and_signs_the_sample_subject(run_output, tmp_path):
+    """The review commands on sample_data's output: the run registered its findings; decide every new and
+    enlarging one (confirm, reject, reclassify, edit a mask), sign off, and read the signed PDF back."""
+    out, _ = run_output
+    listing = json.loads(CliRunner().invoke(main, ["findings", str(out), "--json"]).stdout)
+    assert (out / "msvol.db").is_file() and listing[0]["subject"] == "01"
+    to_decide = [finding for finding in listing[0]["findings"] if finding["class"] in ("new", "enlarging")]
+    actions = [["--confirm"], ["--reject", "artefact"], ["--reclassify", "stable"]]
+    rejected = to_decide[1]
+    for index, finding in enumerate(to_decide):
+        args = ["decide", str(out), "--subject", "sub-01", "--finding", finding["id"], "--reviewer", "Dr E2E"]
+        result = CliRunner().invoke(main, args + (actions[index] if index < 3 else ["--confirm"]))
+        assert result.exit_code == 0, result.output
+    edited = to_decide[0]  # its mask, grown by one voxel, as a reviewer's pen would
+    interval = f"intervals/ses-{edited['interval'].split('-')[0]}_to_ses-{edited['interval'].split('-')[1]}"
+    status_file = out / "sub-01" / interval / f"{edited['class']}_lesions.nii.gz"
+    labels = nib.load(status_file)
+    mask = ndimage.binary_dilation(np.asarray(labels.dataobj) == int(edited["id"].split(":L")[1]))
+    nib.Nifti1Image(mask.astype(np.uint8), labels.affine).to_filename(tmp_path / "mask.nii.gz")
+    result = CliRunner().invoke(main, ["decide", str(out), "--subject", "sub-01", "--finding", edited["id"],
+                                       "--mask", str(tmp_path / "mask.nii.gz"), "--reviewer", "Dr E2E"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["signoff", str(out), "--subject", "sub-01", "--reviewer", "Dr E2E"])
+    assert result.exit_code == 0, result.output
+    final = json.loads((out / "sub-01" / "final" / "report.json").read_text())
+    automated = json.loads((out / "sub-01" / "report.json").read_text())
+    first = rejected["interval"]
+    confirmed = next(item for item in final["intervals"]
+                     if f"{item['from_session']}-{item['to_session']}" == first)["confirmed"]["counts"]
+    expected = next(item for item in automated["intervals"]
+                    if f"{item['from_session']}-{item['to_session']}" == first)["counts"]
+    assert confirmed[rejected["class"]] < expected[rejected["class"]]
+    text = subprocess.run(["pdftotext", str(out / "sub-01" / "final" / "report.pdf"), "-"], capture_output=True,
+                          text=True).stdout if shutil.which("pdftotext") else final["signed"]["statement"]
+    assert "confirmed by Dr E2E on" in text
+
+
+def test_the_store_of_a_dicom_run_holds_no_identifier(dicom_output):
+    """Everything in the findings store of the DICOM run, every table and row, is free of the identity."""
+    import sqlalchemy as sa
+
+    _, subject, _ = dicom_output
+    engine = sa.create_engine(f"sqlite:///{subject.parent / 'msvol.db'}")
+    with engine.connect() as connection:
+        tables = sa.inspect(engine).get_table_names()
+        dump = " ".join(str(row) for table in tables for row in connection.execute(sa.text(f"SELECT * FROM {table}")))
+    engine.dispose()
+    assert subject.name.removeprefix("sub-") in dump, "the run was registered under its pseudonym"
+    for secret in ("MRN0042", "Testperson", "Erika", "19700101"):
+        assert secret not in dump
+
+
+def test_signing_a_dicom_subject_sends_a_confirmed_seg_and_a_verified_sr(dicom_output):
+    """Sign-off of the DICOM run: per interval a SEG of the confirmed lesions and a TID 1500 SR, built from the
+    header-only source copies, pseudonymised, VERIFIED/COMPLETE, passing dciodvfy."""
+    _, subject, _ = dicom_output
+    out, name = subject.parent, subject.name
+    listing = json.loads(CliRunner().invoke(main, ["findings", str(out), "--json"]).stdout)[0]
+    rejected = None
+    for finding in listing["findings"]:
+        if finding["class"] in ("new", "enlarging"):
+            decision = ["--confirm"] if rejected else ["--reject", "artefact"]
+            rejected = rejected or finding
+            result = CliRunner().invoke(main, ["decide", str(out), "--subject", name, "--finding", finding["id"],
+                                               "--reviewer", "Dr Dicom", *decision])
+            assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["signoff", str(out), "--subject", name, "--reviewer", "Dr Dicom"])
+    assert result.exit_code == 0, result.output
+    final = json.loads((subject / "final" / "report.json").read_text())
+    for interval in final["intervals"]:
+        stem = subject / "final" / "dicom" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}"
+        sr = pydicom.dcmread(f"{stem}_sr.dcm")
+        assert (sr.VerificationFlag, sr.CompletionFlag) == ("VERIFIED", "COMPLETE")
+        assert "Dr Dicom" in str(sr.VerifyingObserverSequence[0].VerifyingObserverName)
+        assert sr.PatientID == name.removeprefix("sub-")
+        confirmed = interval["confirmed"]["counts"]["new"] + interval["confirmed"]["counts"]["enlarging"]
+        seg_path = Path(f"{stem}_confirmed_seg.dcm")
+        assert seg_path.is_file() == (confirmed > 0)
+        if confirmed:
+            assert len(pydicom.dcmread(seg_path).SegmentSequence) == confirmed
+        for path in (seg_path, Path(f"{stem}_sr.dcm")):
+            if path.is_file() and shutil.which("dciodvfy"):
+                check = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+                lines = (check.stdout + check.stderr).splitlines()
+                assert not [line for line in lines if line.startswith("Error")], "\n".join(lines)
+            if path.is_file():
+                for secret in ("MRN0042", "Testperson", "Erika", "19700101"):
+                    assert secret.encode() not in path.read_bytes()

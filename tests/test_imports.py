@@ -39,8 +39,11 @@ RULES = {
     "training": ({"training", "synth", "models"}, {"pipeline", "cli", "review", "ops", "batch"}),
     "evaluate": (set(), {"pipeline", "cli"}),
     "pipeline": ({"ingest", "stages", "outputs", "models"}, {"review", "ops", "batch", "cli"}),
+    # the reader's loop reads report.json and label files; never the pipeline, its stages or torch
+    "review": ({"review", "outputs"}, {"pipeline", "stages", "ingest", "models", "training", "synth", "batch", "cli"}),
     "batch": (None, {"cli"}),  # moves to ops/ with the operations issue
     "cli": (None, set()),
+    "cli_review": (None, set()),  # the reader's commands, added to cli's group
 }
 
 
@@ -180,7 +183,8 @@ HEAVY = "print(sorted(m for m in ('torch', 'ants', 'monai') if m in sys.modules)
 
 
 @pytest.mark.parametrize("statement", ["import msvol", "import msvol.cli", "import msvol.config",
-                                       "import msvol.ingest, msvol.stages, msvol.outputs, msvol.models"])
+                                       "import msvol.ingest, msvol.stages, msvol.outputs, msvol.models",
+                                       "import msvol.review.api, msvol.review.signoff, msvol.review.decisions"])
 def test_light_imports_do_not_load_heavy_libraries(statement):
     output = subprocess.run([sys.executable, "-c", f"{statement}, sys; {HEAVY}"], capture_output=True, text=True,
                             check=True)

@@ -41,3 +41,16 @@ def test_a_failing_writer_leaves_the_earlier_result_untouched(tmp_path):
         pipeline._write_atomically(final, {"report.json": "new"}, {}, force=True, writers={"dicom/x.dcm": broken})
     assert (final / "report.json").read_text() == "old"
     assert sorted(path.name for path in final.parent.iterdir()) == ["sub-01"]
+
+
+@pytest.mark.parametrize("reviewed", ["final", "review"])
+def test_force_never_deletes_a_reviewed_result(tmp_path, reviewed):
+    """A forced rerun replaces the automated result; a signed report or a reviewer's masks move to
+    OUT/previous/ with it instead of being deleted."""
+    final = existing_result(tmp_path)
+    (final / reviewed).mkdir()
+    (final / reviewed / "report.json").write_text("signed")
+    pipeline._write_atomically(final, {"report.json": "new"}, {}, force=True)
+    assert (final / "report.json").read_text() == "new" and not (final / reviewed).exists()
+    kept = list((tmp_path / "out" / "previous").glob("sub-01-*"))
+    assert len(kept) == 1 and (kept[0] / reviewed / "report.json").read_text() == "signed"

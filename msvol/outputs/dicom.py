@@ -63,6 +63,10 @@ _KEEP_WHEN_PSEUDONYMISED = (
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "DimensionOrganizationSequence",
     "DimensionIndexSequence", "DimensionOrganizationType", "BodyPartExamined", "Laterality",
 )
+# Of the functional groups, only the macros highdicom reads to place frames: the Unassigned ... Converted
+# Attributes sequences of a legacy-converted image may hold any source attribute, identity included.
+_KEEP_IN_FUNCTIONAL_GROUPS = ("PixelMeasuresSequence", "PlanePositionSequence", "PlaneOrientationSequence",
+                              "FrameContentSequence")
 
 _TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
                         "ReferringPhysicianName", "StudyID", "StudyDate", "StudyTime")
@@ -278,6 +282,10 @@ def _reduced_header(header: Dataset, pseudonym: str) -> Dataset:
     for keyword in _KEEP_WHEN_PSEUDONYMISED:
         if keyword in header:
             reduced[keyword] = header[keyword]
+    for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if keyword in reduced:
+            setattr(reduced, keyword, [Dataset({item[name].tag: item[name] for name in _KEEP_IN_FUNCTIONAL_GROUPS
+                                                if name in item}) for item in reduced[keyword].value])
     if hasattr(header, "file_meta"):
         reduced.file_meta = header.file_meta
     reduced.PatientName = _person_name(pseudonym)

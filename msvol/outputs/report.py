@@ -21,7 +21,8 @@ from msvol.config import Params, field_sources
 from msvol.datatypes import Acquisition, IntervalResult, QCFlag, TimepointMeasures
 
 # 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"; 1.3: timepoint files name the
-# bias-corrected FLAIR ("flair"), interval files the lesion thumbnails ("thumbnails": id -> PNG)
+# bias-corrected FLAIR ("flair"), interval files the lesion thumbnails ("thumbnails": id -> PNG), and
+# "provenance" the model versions and input image hashes
 SCHEMA_VERSION = "1.3"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
@@ -60,7 +61,8 @@ INTERVAL_CSV_COLUMNS = ("subject", "from_session", "to_session", "years", "pbvc_
 def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: list[IntervalResult],
                  *, params: Params, methods: list[str], qc_flags: list[QCFlag],
                  lesion_files: dict[str, str], interval_files: dict[tuple[str, str], dict],
-                 acquisitions: dict[str, Acquisition] | None = None, flair_files: dict[str, str] | None = None) -> dict:
+                 acquisitions: dict[str, Acquisition] | None = None, flair_files: dict[str, str] | None = None,
+                 provenance: dict | None = None) -> dict:
     """Assemble the report model.
 
     Parameters
@@ -74,6 +76,8 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
     interval_files : (from, to) -> {"new_lesions": path, "enlarging_lesions": path,
         "thumbnails": {lesion id (str): path of its PNG}}.
     flair_files : session -> relative path of its bias-corrected FLAIR (flair.nii.gz).
+    provenance : {"models": role -> {"name", "version"}, "inputs": session -> {"flair_sha256", "t1_sha256"}}:
+        what the result was computed from (the findings store records it per analysis run).
     acquisitions : session -> scanner and FLAIR series facts (what a scanner change is judged on).
     """
     pathological = params.atrophy.pathological_annualized_pbvc_percent
@@ -111,6 +115,7 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
                        for measures in timepoints],
         "intervals": interval_models,
         "qc_flags": [dataclasses.asdict(flag) for flag in qc_flags],
+        "provenance": provenance or {"models": {}, "inputs": {}},
         "methods": " ".join(methods),
         "references": {key: REFERENCES[key] for key in cited},
         "params": params.to_dict(),

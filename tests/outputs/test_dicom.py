@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from msvol import __version__
 from msvol.errors import InputError, SpaceError
 from msvol.outputs.dicom import SourceSeries, _summary_lines, write_segmentation, write_summary
+from msvol.outputs.dicom_source import load_source_headers, write_source_headers
 
 COLUMNS, ROWS, SLICES = 32, 40, 24
 IDENTITY = {"PatientName": "Doe^Jane", "PatientID": "MRN12345", "PatientBirthDate": "19791231", "PatientSex": "F",
@@ -353,3 +354,95 @@ def test_dciodvfy_reports_no_errors(tmp_path, classic, enhanced, masks, kind):
     lines = _dciodvfy(path)
     errors = [line for line in lines if line.startswith("Error")]
     assert not errors, "\n".join(lines)
+
+
+def _stable(dataset: Dataset) -> dict:
+    """A dataset's elements without those highdicom fills afresh on every write (times, random UIDs)."""
+    volatile = {"InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "SeriesDate",
+                "SeriesTime", "TimeOfSecondaryCapture", "ContributingEquipmentSequence"}
+    for keyword in ("DimensionOrganizationSequence", "DimensionIndexSequence"):  # a random DimensionOrganizationUID
+        for item in dataset.get(keyword, []):
+            item.DimensionOrganizationUID = ""
+    return {key: value for key, value in dataset.to_json_dict().items()
+            if pydicom.datadict.keyword_for_tag(int(key, 16)) not in volatile}
+
+
+@pytest.mark.parametrize("pseudonym", ["P-0042", None])
+@pytest.mark.parametrize("kind", ["classic", "enhanced"])
+def test_header_copies_hold_no_pixels_and_pseudonymised_no_identity(tmp_path, classic, enhanced, kind, pseudonym):
+    """Regression: a legacy-converted Enhanced MR keeps OtherPatientIDs in UnassignedSharedConvertedAttributesSequence,
+    which the keep-list let through inside SharedFunctionalGroupsSequence."""
+    source = classic if kind == "classic" else enhanced
+    folder = write_source_headers(tmp_path / "source", source, pseudonym=pseudonym)
+    copies = sorted(folder.glob("*.dcm"))
+    assert len(copies) == len(set(source.files))  # one header per source instance
+    for path in copies:
+        dataset = pydicom.dcmread(path)
+        assert "PixelData" not in dataset and not [e for e in dataset if e.tag.group == 0x7FE0]
+        original = pydicom.dcmread(source.files[0], stop_before_pixels=True)
+        assert (dataset.StudyInstanceUID, dataset.SeriesInstanceUID) == (original.StudyInstanceUID,
+                                                                         original.SeriesInstanceUID)
+        if pseudonym is None:
+            assert (str(dataset.PatientName), dataset.PatientID) == ("Doe^Jane", "MRN12345")
+            assert dataset.AccessionNumber == "ACC777"
+        else:
+            assert not [secret for secret in SECRETS if secret in path.read_bytes()]
+            assert (dataset.PatientID, dataset.PatientIdentityRemoved) == ("P-0042", "YES")
+    loaded = load_source_headers(folder)
+    assert loaded.frame_numbers == source.frame_numbers and len(loaded.files) == len(source.files)
+    assert [pydicom.dcmread(file).SOPInstanceUID for file in loaded.files] == [
+        pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID for file in source.files]
+
+
+@pytest.mark.parametrize("pseudonym", ["P-0042", None])
+@pytest.mark.parametrize("kind", ["classic", "enhanced"])
+def test_seg_and_summary_from_header_copies_equal_those_from_the_export(tmp_path, classic, enhanced, masks, kind,
+                                                                        pseudonym):
+    """highdicom needs geometry and UIDs, not pixels: header-only copies give the same objects."""
+    source = classic if kind == "classic" else enhanced
+    copies = load_source_headers(write_source_headers(tmp_path / "source", source, pseudonym=pseudonym))
+    from_export = pydicom.dcmread(write_segmentation(tmp_path / "a.dcm", source, *masks, pseudonym=pseudonym))
+    from_copies = pydicom.dcmread(write_segmentation(tmp_path / "b.dcm", copies, *masks, pseudonym=pseudonym))
+    assert from_copies.SOPInstanceUID == from_export.SOPInstanceUID
+    assert _stable(from_copies) == _stable(from_export)
+    summaries = [pydicom.dcmread(write_summary(tmp_path / f"{name}.dcm", _report(), series, pseudonym=pseudonym))
+                 for name, series in (("sa", source), ("sb", copies))]
+    assert _stable(summaries[0]) == _stable(summaries[1])
+
+
+def test_incomplete_header_copies_are_refused(tmp_path, classic):
+    folder = write_source_headers(tmp_path / "source", classic, pseudonym="P-1")
+    manifest = folder / "source.json"
+    text = manifest.read_text()
+    manifest.write_text(text.replace("instance-0001.dcm", "../instance-0001.dcm"))
+    with pytest.raises(InputError, match="not a file"):
+        load_source_headers(folder)
+    manifest.write_text(text[:20])
+    with pytest.raises(InputError, match="unreadable manifest"):
+        load_source_headers(folder)
+    manifest.unlink()
+    with pytest.raises(InputError, match="no source.json"):
+        load_source_headers(folder)
+
+
+def test_pipeline_writes_header_copies_once_per_followup_session(tmp_path, classic, masks):
+    """pipeline._dicom_writers (tested here, beside the writers it wires): intervals 01->02, 02->03, 01->03."""
+    from types import SimpleNamespace
+
+    from msvol import pipeline
+    from msvol.datatypes import Volume
+
+    series = SimpleNamespace(files=classic.files, frame_numbers=classic.frame_numbers)
+    patient = SimpleNamespace(subject="P-7", pseudonymous=True,
+                              visits=[SimpleNamespace(session=s, flair_series=series) for s in ("01", "02", "03")])
+    labels = Volume(masks[0], np.eye(4), "labels")
+    files = {session: {"lesions": ("x", labels)} for session in ("01", "02", "03")}
+    for pair in (("01", "02"), ("02", "03"), ("01", "03")):
+        files[pair] = {"new_lesions": ("x", labels), "enlarging_lesions": ("x", labels)}
+    writers = pipeline._dicom_writers(patient, _report(), files)
+    assert sorted(name for name in writers if name.startswith("dicom/source/")) == [
+        "dicom/source/ses-02", "dicom/source/ses-03"]
+    folder = writers["dicom/source/ses-03"](tmp_path / "dicom" / "source" / "ses-03")
+    copies = load_source_headers(folder)
+    assert len(copies.files) == SLICES
+    assert all(pydicom.dcmread(file).PatientID == "P-7" for file in copies.files)

@@ -49,19 +49,19 @@ def test_the_bounds_are_ordered_and_cover_the_large_healthy_head_of_issue_9():
     assert "unusually large" in preprocess.unusual_brain_volume(mask, PARAMS)
 
 
-@pytest.mark.parametrize("volume_ml", [599, 2501, 100, 3500])
+@pytest.mark.parametrize("volume_ml", [699, 2501, 100, 3500])
 def test_a_mask_that_cannot_be_an_adult_head_is_refused_naming_the_file(volume_ml):
     with pytest.raises(InputError) as caught:
         extract(volume_ml)
     message = str(caught.value)
-    assert "sub-01_ses-01_T1w.nii.gz" in message and f"{volume_ml} ml" in message and "600-2500 ml" in message
+    assert "sub-01_ses-01_T1w.nii.gz" in message and f"{volume_ml} ml" in message and "700-2500 ml" in message
 
 
 @pytest.mark.parametrize("volume_ml, flagged", [
-    (600, "small"), (829, "small"), (830, None), (1150, None), (1880, None), (1881, "large"), (2500, "large")])
+    (700, "small"), (949, "small"), (950, None), (1300, None), (2000, None), (2001, "large"), (2500, "large")])
 def test_accepted_masks_are_flagged_only_outside_the_usual_band(volume_ml, flagged):
     note = preprocess.unusual_brain_volume(extract(volume_ml), PARAMS)
     if flagged is None:
         assert note is None
     else:
-        assert f"unusually {flagged}" in note and f"{volume_ml} ml" in note and "830-1880 ml" in note
+        assert f"unusually {flagged}" in note and f"{volume_ml} ml" in note and "950-2000 ml" in note

@@ -1,0 +1,122 @@
+"""The review HTTP API (FastAPI): the same operations as the CLI, for the browser front end and for scripts.
+
+Served by `msvol review OUT` on 127.0.0.1 only. Every request, the OpenAPI schema included, needs
+the token printed at start: `?token=...` in the URL (the page then keeps it in a cookie), an
+`Authorization: Bearer ...` header, or that cookie; anything else gets 401.
+
+Writes carry the subject `version` the client last read; a write against an older version gets
+409 with the message of StaleVersionError, and nothing is written. Errors: 400 for a request
+that cannot be carried out (bad reason, undecided findings, second sign-off...), 404 for an
+unknown subject, finding or interval.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from msvol import __version__
+from msvol.errors import MsvolError, StaleVersionError, UnknownIdError
+from msvol.review import decisions, findings, signoff
+from msvol.review.store import Store
+
+TOKEN_COOKIE = "msvol_token"
+
+
+class DecisionRequest(BaseModel):
+    action: str = Field(description="confirm | reject | reclassify (lesions); accept | overrule (PBVC)")
+    reviewer: str
+    reason: str | None = Field(None, description="reject: not a lesion | artefact | already present at baseline | "
+                                                 "other; overrule: free text")
+    status: str | None = Field(None, description="reclassify: new | enlarging | stable")
+    note: str | None = None
+    version: int | None = Field(None, description="the subject version the decision was made on")
+
+
+class AddLesionRequest(BaseModel):
+    interval: str = Field(description="e.g. 01-02 or ses-01_to_ses-02")
+    point_mm: tuple[float, float, float] = Field(description="world RAS mm of the follow-up images")
+    lesion_class: str = Field("new", alias="class", description="new | enlarging")
+    reviewer: str
+    note: str | None = None
+    version: int | None = None
+
+
+class SignOffRequest(BaseModel):
+    reviewer: str
+    amend_reason: str | None = None
+    version: int | None = None
+
+
+def create_app(store: Store, token: str) -> FastAPI:
+    """The API on one store; `token` is the secret every request must carry."""
+    app = FastAPI(title="msvol review", version=__version__,
+                  description="Confirm or correct msvol's findings and sign them off (research software).")
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                 or request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+        if not given or not secrets.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"detail": "a valid token is needed (the URL `msvol review` printed)"},
+                                status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(MsvolError)
+    async def msvol_error(_request: Request, exc: MsvolError):
+        status = 409 if isinstance(exc, StaleVersionError) else 404 if isinstance(exc, UnknownIdError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.get("/api/subjects", summary="Every subject with its version, review status and findings")
+    def subjects() -> list[dict]:
+        return findings.listing(store)
+
+    @app.get("/api/subjects/{subject}", summary="One subject with its version, review status and findings")
+    def subject(subject: str) -> dict:
+        return findings.listing(store, findings.subject_id(subject))[0]
+
+    @app.post("/api/subjects/{subject}/findings/{finding}/decision", summary="Decide one finding")
+    def decide(subject: str, finding: str, body: DecisionRequest) -> dict:
+        return decisions.decide(store, findings.subject_id(subject), finding, body.action, reviewer=body.reviewer,
+                                reason=body.reason, status=body.status, note=body.note,
+                                expected_version=body.version)
+
+    @app.put("/api/subjects/{subject}/findings/{finding}/mask",
+             summary="Replace a lesion's mask: the body is a NIfTI label volume on the follow-up FLAIR grid")
+    async def edit_mask(subject: str, finding: str, request: Request, reviewer: str, version: int | None = None,
+                        note: str | None = None) -> dict:
+        body = await request.body()
+        if not body:
+            raise HTTPException(400, "send the mask as the request body (a .nii or .nii.gz file)")
+        with tempfile.TemporaryDirectory() as folder:
+            suffix = ".nii.gz" if body[:2] == b"\x1f\x8b" else ".nii"
+            path = Path(folder) / f"mask{suffix}"
+            path.write_bytes(body)
+            mask = decisions.load_mask(path)
+        return decisions.edit_mask(store, findings.subject_id(subject), finding, mask, reviewer=reviewer, note=note,
+                                   expected_version=version)
+
+    @app.post("/api/subjects/{subject}/lesions", summary="Add a lesion the model missed, grown from a point")
+    def add_lesion(subject: str, body: AddLesionRequest) -> dict:
+        return decisions.add_lesion(store, findings.subject_id(subject), body.interval, body.point_mm,
+                                    body.lesion_class, reviewer=body.reviewer, note=body.note,
+                                    expected_version=body.version)
+
+    @app.post("/api/subjects/{subject}/signoff", summary="Sign the subject off (or amend a sign-off)")
+    def sign(subject: str, body: SignOffRequest) -> dict:
+        return signoff.sign_off(store, findings.subject_id(subject), reviewer=body.reviewer,
+                                amend_reason=body.amend_reason, expected_version=body.version)
+
+    @app.get("/api/subjects/{subject}/audit", summary="The subject's audit trail, oldest first")
+    def audit(subject: str) -> list[dict]:
+        return findings.audit_trail(store, findings.subject_id(subject))
+
+    return app

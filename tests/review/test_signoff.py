@@ -1,0 +1,108 @@
+"""Tests for review.signoff: the confirmed figures, the three final files, amendments, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from msvol.errors import ReviewStateError
+from msvol.review import decisions, findings, signoff
+from msvol.synth.review_case import COUNTS, MISSED_CENTRE_MM
+
+NEEDS_POPPLER = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+
+
+def decide_all_new_and_enlarging(store):
+    decisions.decide(store, "01", "01-02:L1", "confirm", reviewer="Dr A")
+    decisions.decide(store, "01", "01-02:L2", "reject", reason="artefact", reviewer="Dr A")
+    decisions.decide(store, "01", "01-02:L3", "reclassify", status="enlarging", reviewer="Dr A")
+    decisions.decide(store, "01", "01-02:L4", "confirm", reviewer="Dr A")
+
+
+def test_sign_off_needs_every_new_and_enlarging_finding_decided(store, review_out):
+    decisions.decide(store, "01", "01-02:L1", "confirm", reviewer="Dr A")
+    with pytest.raises(ReviewStateError, match=r"3 new or enlarging finding\(s\) have no decision "
+                                               r"\(01-02:L2, 01-02:L3, 01-02:L4\)"):
+        signoff.sign_off(store, "01", reviewer="Dr A")
+    assert not (review_out / "sub-01" / "final").exists()
+
+
+def test_confirmed_counts_are_automated_minus_rejected_plus_added(store, review_out):
+    decide_all_new_and_enlarging(store)
+    decisions.add_lesion(store, "01", "01-02", MISSED_CENTRE_MM, "new", reviewer="Dr A")
+    decisions.decide(store, "01", "01-02:L5", "reject", reason="other", note="unchanged", reviewer="Dr A")
+    final = signoff.sign_off(store, "01", reviewer="Dr A. Reader")
+    interval = final["intervals"][0]
+    assert interval["automated"]["counts"] == COUNTS
+    assert interval["confirmed"]["counts"] == {"new": 3 - 1 - 1 + 1, "enlarging": 1 + 1, "shrinking": 0,
+                                               "resolved": 1, "stable": 1}
+    assert interval["confirmed"]["new_volume_mm3"] == pytest.approx(33.0 + 123.0)  # L1 and the added lesion
+    assert interval["pbvc_decision"]["decision"] == "pending" and interval["confirmed"]["pbvc_percent"] == -0.61
+    written = json.loads((review_out / "sub-01" / "final" / "report.json").read_text())
+    assert written == json.loads(json.dumps(final))
+    assert final["signed"]["statement"].startswith("confirmed by Dr A. Reader on ")
+    by_id = {finding["id"]: finding for finding in interval["findings"]}
+    assert (by_id["01-02:L2"]["decision"], by_id["01-02:L2"]["reason"]) == ("rejected", "artefact")
+    assert (by_id["01-02:L3"]["decision"], by_id["01-02:L3"]["confirmed_status"]) == ("reclassified", "enlarging")
+    assert by_id["01-02:A1"]["decision"] == "added" and by_id["01-02:L6"]["decision"] == "pending"
+    html = (review_out / "sub-01" / "final" / "report.html").read_text()
+    assert final["signed"]["statement"] in html and "data:image/png;base64," in html
+
+
+@NEEDS_POPPLER
+def test_the_pdf_holds_the_confirmed_counts_and_the_reviewer(store, review_out, tmp_path):
+    decide_all_new_and_enlarging(store)
+    signoff.sign_off(store, "01", reviewer="Dr Reader")
+    pdf = review_out / "sub-01" / "final" / "report.pdf"
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    assert "confirmed by Dr Reader on" in text
+    assert "01-02:L2" in text and "artefact" in text.lower()
+    subprocess.run(["pdftoppm", "-r", "40", "-png", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")],
+                   check=True)
+    assert list(tmp_path.glob("page*.png"))
+
+
+def test_a_second_sign_off_without_a_change_is_refused(store):
+    decide_all_new_and_enlarging(store)
+    signoff.sign_off(store, "01", reviewer="Dr A")
+    assert findings.listing(store, "01")[0]["status"] == "signed"
+    with pytest.raises(ReviewStateError, match="already signed off.*--amend"):
+        signoff.sign_off(store, "01", reviewer="Dr A")
+    with pytest.raises(ReviewStateError, match="already signed off"):
+        signoff.sign_off(store, "01", reviewer="Dr A", amend_reason="no change made")
+
+
+def test_an_amendment_is_a_new_version_and_keeps_the_first(store, review_out):
+    decide_all_new_and_enlarging(store)
+    first = signoff.sign_off(store, "01", reviewer="Dr A")
+    decisions.decide(store, "01", "01-02:L1", "reject", reason="already present at baseline", reviewer="Dr B")
+    assert findings.listing(store, "01")[0]["status"] == "in review (signed v1)"
+    with pytest.raises(ReviewStateError, match="--amend REASON"):
+        signoff.sign_off(store, "01", reviewer="Dr B")
+    second = signoff.sign_off(store, "01", reviewer="Dr B", amend_reason="lesion 1 seen on the 2019 scan")
+    final = review_out / "sub-01" / "final"
+    assert second["version"] == 2 and second["supersedes_version"] == 1
+    assert json.loads((final / "v1" / "report.json").read_text()) == json.loads(json.dumps(first))
+    assert {path.name for path in (final / "v1").iterdir()} == {"report.json", "report.html", "report.pdf"}
+    assert json.loads((final / "report.json").read_text())["version"] == 2
+    assert second["intervals"][0]["confirmed"]["counts"]["new"] == first["intervals"][0]["confirmed"]["counts"]["new"] - 1
+    trail = findings.audit_trail(store, "01")
+    assert [entry["action"] for entry in trail if entry["action"] in ("signoff", "amend")] == ["signoff", "amend"]
+    assert trail[-1]["reason"] == "lesion 1 seen on the 2019 scan" and trail[-1]["actor"] == "Dr B"
+
+
+def test_amending_a_subject_never_signed_is_refused(store):
+    decide_all_new_and_enlarging(store)
+    with pytest.raises(ReviewStateError, match="nothing to amend"):
+        signoff.sign_off(store, "01", reviewer="Dr A", amend_reason="typo")
+
+
+def test_an_automated_report_changed_after_registration_is_refused(store, review_out):
+    decide_all_new_and_enlarging(store)
+    report = review_out / "sub-01" / "report.json"
+    report.write_text(report.read_text().replace("-0.61", "-0.99"))
+    with pytest.raises(Exception, match="changed after it was registered"):
+        signoff.sign_off(store, "01", reviewer="Dr A")
