@@ -214,13 +214,14 @@ class QCFlag:
 
 @dataclass(frozen=True, eq=False)
 class IntervalImages:
-    """Both visits of an interval on one halfway grid, for the report's lesion thumbnails."""
+    """Both visits of an interval on one halfway grid, for the report's thumbnails and the review's viewers."""
 
     baseline_flair: np.ndarray
     followup_flair: np.ndarray
     baseline_labels: np.ndarray  # int32 baseline lesion labels
     followup_labels: np.ndarray  # int32, values = follow-up lesion labels = LesionChange.id
     affine: np.ndarray  # halfway grid voxel -> mm
+    halfway_to_followup: np.ndarray = field(default_factory=lambda: np.eye(4))  # halfway mm -> follow-up mm
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -126,7 +127,8 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, correlation, years, params)
-    images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1])
+    images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1],
+                            halfway_to_followup=to_followup.matrix)
     return IntervalResult(baseline.session, followup.session, result, changes, flags), images
 
 
@@ -194,7 +196,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
     methods += [segment_methods, lesions.METHODS, atrophy.METHODS]
 
-    intervals, thumbnails = [], {}
+    intervals, thumbnails, viewers = [], {}, {}
     for first, second in interval_pairs(len(prepared)):
         progress(f"sub-{patient.subject}: interval ses-{prepared[first].session} -> ses-{prepared[second].session}")
         with _timed(timings, "interval: halfway registration, lesion matching, PBVC"):
@@ -204,6 +206,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
         with _timed(timings, "report"):
             thumbnails[(result.from_session, result.to_session)] = html.lesion_thumbnails(images, reviewed)
+            viewers[(result.from_session, result.to_session)] = _viewer_images(images, result)
 
     subject_flags = list(patient.ingest_flags)
     for visit in prepared:
@@ -220,6 +223,11 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
                       if isinstance(key, tuple)}
     for (pair, lesion_id), (path, _) in pictures.items():
         interval_files[pair].setdefault("thumbnails", {})[str(lesion_id)] = path
+    for pair, (volumes, _) in viewers.items():
+        folder = f"intervals/ses-{pair[0]}_to_ses-{pair[1]}/viewer"
+        files[pair].update({f"viewer_{name}": (f"{folder}/{name}.nii.gz", volume) for name, volume in volumes.items()})
+        interval_files[pair]["viewer"] = {name: f"{folder}/{name}.nii.gz" for name in volumes} | {
+            "space": f"{folder}/space.json"}
     model = report.build_report(
         patient.subject, measures, intervals, params=params, methods=methods, qc_flags=subject_flags,
         lesion_files={v.session: files[v.session]["lesions"][0] for v in prepared},
@@ -230,9 +238,40 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         texts = {"report.json": report.render_json(model), "report.html": html.render_html(model, thumbnails),
                  "intervals.csv": report.render_csv(model)}
         blobs = {path: base64.b64decode(picture) for path, picture in pictures.values()}
+        blobs.update({f"intervals/ses-{pair[0]}_to_ses-{pair[1]}/viewer/space.json": space
+                      for pair, (_, space) in viewers.items()})
         _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files),
                           keep_previous=keep_previous, blobs=blobs)
     return final
+
+
+VIEWER_CLASSES = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3, "stable": 4}  # changes.nii.gz values
+
+
+def _viewer_images(images: IntervalImages, result: IntervalResult) -> tuple[dict[str, Volume], bytes]:
+    """What the review's side-by-side viewers load, on the halfway grid: both FLAIRs as uint8 (each windowed
+    at its 0.5-99.5th percentile inside the head), the change class of every lesion voxel (VIEWER_CLASSES;
+    resolved lesions from the baseline labels), and the halfway <-> follow-up mm maps as JSON."""
+    def window(image: np.ndarray) -> np.ndarray:
+        low, high = np.percentile(image[image > 0], (0.5, 99.5)) if (image > 0).any() else (0.0, 1.0)
+        return np.clip((image - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
+
+    classes = np.zeros(images.followup_labels.shape, np.uint8)
+    for change in result.changes:
+        value = VIEWER_CLASSES.get(change.status)
+        if value is None:
+            continue
+        if change.status == "resolved":
+            classes[np.isin(images.baseline_labels, change.baseline_labels) & (classes == 0)] = value
+        else:
+            classes[images.followup_labels == change.id] = value
+    grid = functools.partial(Volume, affine=images.affine)
+    volumes = {"baseline_flair": grid(window(images.baseline_flair), kind="FLAIR"),
+               "followup_flair": grid(window(images.followup_flair), kind="FLAIR"),
+               "changes": grid(classes, kind="labels")}
+    space = {"halfway_to_followup": np.asarray(images.halfway_to_followup).tolist(),
+             "followup_to_halfway": np.linalg.inv(images.halfway_to_followup).tolist()}
+    return volumes, (json.dumps(space, indent=1) + "\n").encode()
 
 
 def _provenance(patient: Patient, resources: Resources) -> dict:
@@ -347,7 +386,9 @@ def _write_files(staging: Path, texts: dict[str, str], files: dict) -> None:
         for relative, volume in group.values():
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            if volume.kind in ("FLAIR", "T1w"):  # an image: 16 bits with a scale factor are ample (1/65535)
+            if volume.data.dtype == np.uint8:  # already compact (the viewers' images)
+                image = nib.Nifti1Image(volume.data, volume.affine)
+            elif volume.kind in ("FLAIR", "T1w"):  # an image: 16 bits with a scale factor are ample (1/65535)
                 image = nib.Nifti1Image(volume.data.astype(np.float32), volume.affine)
                 image.set_data_dtype(np.uint16)
             else:

@@ -59,6 +59,16 @@ def test_output_contract(run_output):
         for status in ("new", "enlarging"):
             values = set(np.unique(np.asarray(nib.load(folder / f"{status}_lesions.nii.gz").dataobj))) - {0}
             assert values == {lesion["id"] for lesion in interval["lesions"] if lesion["status"] == status}
+        viewer = interval["files"]["viewer"]  # the review's side-by-side images, on one halfway grid
+        images = {name: nib.load(subject / viewer[name]) for name in ("baseline_flair", "followup_flair", "changes")}
+        assert all(image.get_data_dtype() == np.uint8 for image in images.values())
+        assert len({image.shape for image in images.values()}) == 1
+        classes = set(np.unique(np.asarray(images["changes"].dataobj))) - {0}
+        expected = {code for status, code in (("new", 1), ("enlarging", 2), ("shrinking", 3), ("resolved", 3),
+                                              ("stable", 4)) if interval["counts"][status]}
+        assert classes == expected
+        space = json.loads((subject / viewer["space"]).read_text())
+        assert np.allclose(np.array(space["halfway_to_followup"]) @ np.array(space["followup_to_halfway"]), np.eye(4))
         reviewed = {str(lesion["id"]) for lesion in interval["lesions"] if lesion["status"] in ("new", "enlarging")}
         assert set(interval["files"].get("thumbnails", {})) == reviewed
         for path in interval["files"].get("thumbnails", {}).values():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from msvol import __version__
 from msvol.errors import MsvolError, StaleVersionError, UnknownIdError
-from msvol.review import decisions, findings, signoff
+from msvol.review import decisions, findings, signoff, viewer
 from msvol.review.store import Store
 
 TOKEN_COOKIE = "msvol_token"
@@ -40,7 +41,9 @@ class DecisionRequest(BaseModel):
 
 class AddLesionRequest(BaseModel):
     interval: str = Field(description="e.g. 01-02 or ses-01_to_ses-02")
-    point_mm: tuple[float, float, float] = Field(description="world RAS mm of the follow-up images")
+    point_mm: tuple[float, float, float] = Field(description="world RAS mm (of point_space)")
+    point_space: Literal["followup", "halfway"] = Field(
+        "followup", description="followup: the follow-up images' mm (report.json centroid_mm); halfway: the viewers'")
     lesion_class: str = Field("new", alias="class", description="new | enlarging")
     reviewer: str
     note: str | None = None
@@ -92,7 +95,7 @@ def create_app(store: Store, token: str) -> FastAPI:
     @app.put("/api/subjects/{subject}/findings/{finding}/mask",
              summary="Replace a lesion's mask: the body is a NIfTI label volume on the follow-up FLAIR grid")
     async def edit_mask(subject: str, finding: str, request: Request, reviewer: str, version: int | None = None,
-                        note: str | None = None) -> dict:
+                        note: str | None = None, space: Literal["followup", "halfway"] = "followup") -> dict:
         body = await request.body()
         if not body:
             raise HTTPException(400, "send the mask as the request body (a .nii or .nii.gz file)")
@@ -101,12 +104,20 @@ def create_app(store: Store, token: str) -> FastAPI:
             path = Path(folder) / f"mask{suffix}"
             path.write_bytes(body)
             mask = decisions.load_mask(path)
+        if space == "halfway":  # drawn in the viewer: onto the follow-up grid, once, nearest neighbour
+            maps = viewer.interval_space(store, findings.subject_id(subject), finding.split(":")[0])
+            grid = decisions.followup_grid(store, findings.subject_id(subject), maps["to_session"])
+            mask = viewer.halfway_mask_to_followup(mask, grid, maps)
         return decisions.edit_mask(store, findings.subject_id(subject), finding, mask, reviewer=reviewer, note=note,
                                    expected_version=version)
 
     @app.post("/api/subjects/{subject}/lesions", summary="Add a lesion the model missed, grown from a point")
     def add_lesion(subject: str, body: AddLesionRequest) -> dict:
-        return decisions.add_lesion(store, findings.subject_id(subject), body.interval, body.point_mm,
+        point = body.point_mm
+        if body.point_space == "halfway":
+            point = viewer.halfway_point_to_followup(
+                viewer.interval_space(store, findings.subject_id(subject), body.interval), point)
+        return decisions.add_lesion(store, findings.subject_id(subject), body.interval, point,
                                     body.lesion_class, reviewer=body.reviewer, note=body.note,
                                     expected_version=body.version)
 
@@ -114,6 +125,15 @@ def create_app(store: Store, token: str) -> FastAPI:
     def sign(subject: str, body: SignOffRequest) -> dict:
         return signoff.sign_off(store, findings.subject_id(subject), reviewer=body.reviewer,
                                 amend_reason=body.amend_reason, expected_version=body.version)
+
+    @app.get("/api/subjects/{subject}/intervals",
+             summary="Each interval's viewer images (paths below OUT/sub-XX) and halfway <-> follow-up mm maps")
+    def intervals(subject: str) -> list[dict]:
+        return viewer.intervals(store, findings.subject_id(subject))
+
+    @app.post("/api/subjects/{subject}/reading", summary="Mark the start of a reading (for the reading time)")
+    def reading(subject: str) -> dict:
+        return signoff.start_reading(store, findings.subject_id(subject))
 
     @app.get("/api/subjects/{subject}/audit", summary="The subject's audit trail, oldest first")
     def audit(subject: str) -> list[dict]:

@@ -85,7 +85,7 @@ def edit_mask(store: Store, subject: str, key: str, mask: Volume, *, reviewer: s
         view = find(db, subject, key)
         if view.finding.kind == "pbvc":
             raise InputError(f"{key} is the interval's PBVC; only a lesion finding has a mask")
-        grid = _followup_grid(store, subject, view.finding.to_session)
+        grid = followup_grid(store, subject, view.finding.to_session)
         _check_grid(mask, grid, f"the mask for {key}")
         binary = np.asarray(mask.data) > 0
         if not binary.any():
@@ -200,7 +200,8 @@ def reviewer_name(reviewer: str) -> str:
     return name
 
 
-def _followup_grid(store: Store, subject: str, session: str) -> Volume:
+def followup_grid(store: Store, subject: str, session: str) -> Volume:
+    """The follow-up FLAIR grid of `session` (as its lesions.nii.gz), on which masks are given."""
     return _load(store.out_dir / subject_name(subject) / f"ses-{session}" / "lesions.nii.gz")
 
 

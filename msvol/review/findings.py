@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from msvol.errors import InputError, UnknownIdError
-from msvol.review.store import AnalysisRun, AuditEntry, Decision, Finding, SessionRow, Store, Subject, now
+from msvol.review.store import AnalysisRun, AuditEntry, Decision, Finding, SessionRow, SignOff, Store, Subject, now
 
 LESION_FINDINGS = ("new", "enlarging", "shrinking", "resolved")
 MUST_DECIDE = ("new", "enlarging")  # sign-off needs a decision on every one of these
@@ -183,8 +183,6 @@ def register_all(store: Store) -> int:
 def review_status(db: Session, subject: str) -> str:
     """pending (no decision yet), in review, signed (the newest sign-off covers every decision), or
     "in review (signed vN)" when decisions changed after sign-off N."""
-    from msvol.review.store import SignOff
-
     version = db.get(Subject, subject).version
     signed = db.scalar(select(SignOff).where(SignOff.subject_id == subject).order_by(SignOff.version.desc()).limit(1))
     if signed is not None:
@@ -199,8 +197,16 @@ def listing(store: Store, subject: str | None = None) -> list[dict]:
         result = []
         for name in subjects:
             views = subject_findings(db, name)  # raises InputError for an unknown subject
+            sessions = db.scalars(select(SessionRow).where(SessionRow.subject_id == name).order_by(SessionRow.date))
+            signed = db.scalar(select(SignOff).where(SignOff.subject_id == name).order_by(SignOff.version.desc())
+                               .limit(1))
             result.append({"subject": name, "version": db.get(Subject, name).version,
-                           "status": review_status(db, name), "findings": [view.as_dict() for view in views]})
+                           "status": review_status(db, name),
+                           "sessions": [{"session": row.session, "date": row.date.isoformat()} for row in sessions],
+                           "signed": None if signed is None else {
+                               "version": signed.version, "reviewer": signed.reviewer,
+                               "at": signed.at.isoformat(timespec="seconds"), "reading_seconds": signed.reading_seconds},
+                           "findings": [view.as_dict() for view in views]})
         return result
 
 

@@ -25,7 +25,7 @@ from msvol.outputs import final as final_output
 from msvol.review import final_dicom
 from msvol.review.decisions import bump_version, reviewer_name, subject_version
 from msvol.review.findings import MUST_DECIDE, FindingView, current_run, read_report, subject_findings, subject_name
-from msvol.review.store import AnalysisRun, AuditEntry, SignOff, Store, now
+from msvol.review.store import AnalysisRun, AuditEntry, SignOff, Store, Subject, now
 
 SCHEMA_VERSION = "final-1.0"
 DECISION_WORDS = {None: "pending", "confirm": "confirmed", "reject": "rejected", "reclassify": "reclassified",
@@ -58,8 +58,11 @@ def sign_off(store: Store, subject: str, *, reviewer: str, amend_reason: str | N
         final = build_final(store, run, views, reviewer=reviewer, signed_at=signed_at,
                             version=1 if previous is None else previous.version + 1,
                             supersedes=None if previous is None else previous.version, amend_reason=amend_reason)
+        row = db.get(Subject, subject)
+        reading_seconds = None if row.reading_started_at is None else (signed_at - row.reading_started_at).total_seconds()
+        row.reading_started_at = None  # an amendment's reading is timed anew
         db.add(SignOff(subject_id=subject, run_id=run.id, version=final["version"], subject_version=version,
-                       reviewer=reviewer, at=signed_at, amendment_reason=amend_reason,
+                       reviewer=reviewer, at=signed_at, amendment_reason=amend_reason, reading_seconds=reading_seconds,
                        summary={interval["from_session"] + "-" + interval["to_session"]: interval["confirmed"]
                                 for interval in final["intervals"]}))
         db.add(AuditEntry(at=signed_at, actor=reviewer, action="amend" if previous else "signoff",
@@ -197,3 +200,15 @@ def write_final(store: Store, subject: str, final: dict) -> Path:
         item.rename(target / item.name)
     staging.rmdir()
     return target
+
+
+def start_reading(store: Store, subject: str) -> dict:
+    """Mark that a reviewer opened the subject (the review page does, once per reading); sign-off stores the
+    time from here as the reading time. A reading already under way keeps its start."""
+    with store.transaction() as db:
+        current_run(db, subject)  # an unknown subject is an error
+        row = db.get(Subject, subject)
+        if row.reading_started_at is None:
+            row.reading_started_at = now()
+        return {"subject": subject, "reading_started_at": row.reading_started_at.isoformat(timespec="seconds")}
+

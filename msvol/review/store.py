@@ -62,7 +62,7 @@ class Subject(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # pseudonymous subject id, no "sub-"
     created_at: Mapped[dt.datetime]
     version: Mapped[int] = mapped_column(Integer, default=0)
-    reading_started_at: Mapped[dt.datetime | None]
+    reading_started_at: Mapped[dt.datetime | None]  # the review page opened it; cleared at sign-off
 
 
 class SessionRow(Base):
@@ -137,6 +137,7 @@ class SignOff(Base):
     at: Mapped[dt.datetime]
     amendment_reason: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict]  # confirmed counts per interval
+    reading_seconds: Mapped[float | None] = mapped_column(Float)  # opened in the review page -> signed (0002)
 
 
 class AuditEntry(Base):

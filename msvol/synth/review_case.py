@@ -1,7 +1,8 @@
 """A synthetic output folder with known findings, for the review's tests and benchmarks.
 
 OUT/sub-<id> as `msvol run` writes it (report.json schema 1.3, per-session flair.nii.gz,
-brain_mask.nii.gz and lesions.nii.gz, a thumbnail), for two visits (ses-01, ses-02) on a 48 x 48 x 40
+brain_mask.nii.gz and lesions.nii.gz, a thumbnail, the interval's viewer images with halfway space
+equal to the follow-up grid), for two visits (ses-01, ses-02) on a 48 x 48 x 40
 grid of 1 mm: a brain ball at FLAIR 100 and lesion balls at 180. Interval 01-02 lists new lesions
 1-3, enlarging lesion 4, shrinking 5, resolved 6 and stable 7; MISSED_CENTRE_MM is a bright ball
 at follow-up that the report does not list (the lesion a reviewer adds, radius MISSED_RADIUS).
@@ -66,6 +67,16 @@ def write_review_case(out: Path, subject: str = "01") -> dict:
         _save(folder / f"ses-{session}" / "flair.nii.gz", flair, np.uint16)
         _save(folder / f"ses-{session}" / "brain_mask.nii.gz", brain, np.uint8)
         _save(folder / f"ses-{session}" / "lesions.nii.gz", labels, np.int32)
+    viewer = folder / "intervals" / "ses-01_to_ses-02" / "viewer"  # halfway space = the follow-up grid here
+    _save(viewer / "baseline_flair.nii.gz", np.clip(flair * 1.2, 0, 255), np.uint8)
+    _save(viewer / "followup_flair.nii.gz", np.clip(flair * 1.2, 0, 255), np.uint8)
+    classes = np.zeros(SHAPE, np.uint8)
+    for lesion_id, (status, centre, radius, _) in LESIONS.items():
+        classes[ball(centre, max(radius, 2))] = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3,
+                                                 "stable": 4}[status]
+    _save(viewer / "changes.nii.gz", classes, np.uint8)
+    (viewer / "space.json").write_text(json.dumps({"halfway_to_followup": np.eye(4).tolist(),
+                                                   "followup_to_halfway": np.eye(4).tolist()}))
     thumbnail = folder / "thumbnails" / "ses-01_to_ses-02" / "lesion-1.png"
     thumbnail.parent.mkdir(parents=True, exist_ok=True)
     thumbnail.write_bytes(base64.b64decode(_thumbnail()))
@@ -90,7 +101,11 @@ def write_review_case(out: Path, subject: str = "01") -> dict:
                        "pbvc_annualized_percent": -0.601, "pbvc_beyond_pathological_cutoff": True,
                        "alignment_correlation": 0.98, "boundary_shift_ml": -9.1, "counts": dict(COUNTS),
                        "lesions": lesions, "qc_flags": [],
-                       "files": {"thumbnails": {"1": "thumbnails/ses-01_to_ses-02/lesion-1.png"}}}],
+                       "files": {"thumbnails": {"1": "thumbnails/ses-01_to_ses-02/lesion-1.png"},
+                                 "viewer": {name: f"intervals/ses-01_to_ses-02/viewer/{name}{suffix}"
+                                            for name, suffix in (("baseline_flair", ".nii.gz"),
+                                                                 ("followup_flair", ".nii.gz"),
+                                                                 ("changes", ".nii.gz"), ("space", ".json"))}}}],
         "qc_flags": [], "provenance": {"models": {"per_visit": {"name": "msvol lesion segmenter", "version": "2.0.0"}},
                                        "inputs": {"01": {"flair_sha256": "ab" * 32, "t1_sha256": "cd" * 32}}},
         "methods": "", "references": {}, "params": {}, "params_hash": "ef" * 32, "params_sources": {},
