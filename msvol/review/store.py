@@ -180,6 +180,8 @@ def open_store(out_dir: Path, url: str | None = None) -> Store:
     """Connect to the store of OUT (SQLite at OUT/msvol.db unless `url` names another database),
     creating or upgrading its schema with the shipped migrations."""
     url = url or default_url(out_dir)
+    if url.startswith(("postgresql://", "postgres://")):  # the driver msvol ships (psycopg 3), not psycopg2
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
         engine = create_engine(url)
     except Exception as exc:  # a malformed URL or a missing driver

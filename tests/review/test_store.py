@@ -82,7 +82,7 @@ def test_an_unreachable_database_is_a_config_error_naming_it_without_its_passwor
     from msvol.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        open_store(review_out, "postgresql+psycopg://msvol:secret@127.0.0.1:1/none")
+        open_store(review_out, "postgresql://msvol:secret@127.0.0.1:1/none")  # plain scheme: psycopg 3 is used
     assert "127.0.0.1:1/none" in str(caught.value) and "secret" not in str(caught.value)
 
 
