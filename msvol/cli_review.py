@@ -192,7 +192,7 @@ def audit_command(out_dir, subject, as_json, db_url):
 @db_option
 @click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
 def review_command(out_dir, db_url, port):
-    """Serve the review API (and, later, the review page) on 127.0.0.1 with a random token."""
+    """Serve the review pages and API on 127.0.0.1; open the printed URL (it carries a random token)."""
     import secrets
 
     import uvicorn

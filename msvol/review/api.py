@@ -1,4 +1,5 @@
-"""The review HTTP API (FastAPI): the same operations as the CLI, for the browser front end and for scripts.
+"""The review HTTP API (FastAPI): the same operations as the CLI, for the browser pages (review/web.py, added
+to the same app) and for scripts.
 
 Served by `msvol review OUT` on 127.0.0.1 only. Every request, the OpenAPI schema included, needs
 the token printed at start: `?token=...` in the URL (the page then keeps it in a cookie), an
@@ -23,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from msvol import __version__
 from msvol.errors import MsvolError, StaleVersionError, UnknownIdError
-from msvol.review import decisions, findings, signoff, viewer
+from msvol.review import decisions, findings, signoff, viewer, web
 from msvol.review.store import Store
 
 TOKEN_COOKIE = "msvol_token"
@@ -139,4 +140,5 @@ def create_app(store: Store, token: str) -> FastAPI:
     def audit(subject: str) -> list[dict]:
         return findings.audit_trail(store, findings.subject_id(subject))
 
+    web.add_pages(app, store)
     return app

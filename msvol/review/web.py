@@ -26,7 +26,7 @@ from msvol.review.findings import subject_id, subject_name
 from msvol.review.store import Store
 
 SUBJECT_PATTERN = re.compile(r"(sub-)?[A-Za-z0-9]+")  # a BIDS label
-# The browser may load only what this server sends (NiiVue's fonts and drawings are data: and blob: URLs).
+# The browser may load only what this server sends; data: and blob: cover in-memory URLs a page script makes.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                            "connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; "
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")

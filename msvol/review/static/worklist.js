@@ -23,9 +23,9 @@ export function summarise(entry) {
     newCount: count("new"), enlargingCount: count("enlarging"), shrinkingCount: count("shrinking", "resolved"),
     leastConfidence: confidences.length ? Math.min(...confidences) : null,
     qcFlags, decided: mustDecide.filter((finding) => finding.decision !== null).length, mustDecide: mustDecide.length,
-    // dates come with the listing once the API gives them (entry.sessions); the session labels otherwise
     visits: entry.sessions ? entry.sessions.map((session) => `ses-${session.session} ${session.date}`)
-      : sessions.map((session) => `ses-${session}`),
+      : sessions.map((session) => `ses-${session}`), // an older API without dates
+    signed: entry.signed ? `${entry.signed.at.slice(0, 10)} by ${entry.signed.reviewer} (v${entry.signed.version})` : "–",
   };
 }
 
@@ -55,7 +55,7 @@ function rowOf(row) {
     cell(row.newCount, "number"), cell(row.enlargingCount, "number"), cell(row.shrinkingCount, "number"),
     cell(row.leastConfidence === null ? "–" : row.leastConfidence.toFixed(2), "number"),
     element("td", { className: row.qcFlags.length ? "qc" : "" }, row.qcFlags.length ? row.qcFlags.join(", ") : "none"),
-    cell(`${row.decided} / ${row.mustDecide}`, "number"), cell(row.version, "number"));
+    cell(`${row.decided} / ${row.mustDecide}`, "number"), cell(row.signed), cell(row.version, "number"));
 }
 
 export async function startWorklist() {
@@ -66,7 +66,7 @@ export async function startWorklist() {
   const render = () => {
     const shown = rows.filter((row) => matches(row, filter.value));
     body.replaceChildren(...(shown.length ? shown.map(rowOf)
-      : [element("tr", {}, element("td", { colspan: "10" }, "No subjects with this status."))]));
+      : [element("tr", {}, element("td", { colspan: "11" }, "No subjects with this status."))]));
   };
   filter.addEventListener("change", render);
   try {
