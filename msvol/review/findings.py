@@ -181,13 +181,16 @@ def register_all(store: Store) -> int:
 
 
 def review_status(db: Session, subject: str) -> str:
-    """pending (no decision yet), in review, signed (the newest sign-off covers every decision), or
-    "in review (signed vN)" when decisions changed after sign-off N."""
+    """Of the current analysis run: pending (no decision yet), in review, signed (the newest sign-off covers
+    every decision), or "in review (signed vN)" when decisions changed after sign-off N."""
+    run = current_run(db, subject)
     version = db.get(Subject, subject).version
-    signed = db.scalar(select(SignOff).where(SignOff.subject_id == subject).order_by(SignOff.version.desc()).limit(1))
+    signed = db.scalar(select(SignOff).where(SignOff.run_id == run.id).order_by(SignOff.version.desc()).limit(1))
     if signed is not None:
         return "signed" if signed.subject_version == version else f"in review (signed v{signed.version})"
-    return "pending" if version == 0 else "in review"
+    decided = db.scalar(select(Decision.id).join(Finding, Decision.finding_id == Finding.id)
+                        .where(Finding.run_id == run.id).limit(1))
+    return "pending" if decided is None else "in review"
 
 
 def listing(store: Store, subject: str | None = None) -> list[dict]:
@@ -198,8 +201,8 @@ def listing(store: Store, subject: str | None = None) -> list[dict]:
         for name in subjects:
             views = subject_findings(db, name)  # raises InputError for an unknown subject
             sessions = db.scalars(select(SessionRow).where(SessionRow.subject_id == name).order_by(SessionRow.date))
-            signed = db.scalar(select(SignOff).where(SignOff.subject_id == name).order_by(SignOff.version.desc())
-                               .limit(1))
+            signed = db.scalar(select(SignOff).where(SignOff.run_id == current_run(db, name).id)
+                               .order_by(SignOff.version.desc()).limit(1))
             result.append({"subject": name, "version": db.get(Subject, name).version,
                            "status": review_status(db, name),
                            "sessions": [{"session": row.session, "date": row.date.isoformat()} for row in sessions],

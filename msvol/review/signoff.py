@@ -50,7 +50,7 @@ def sign_off(store: Store, subject: str, *, reviewer: str, amend_reason: str | N
             raise ReviewStateError(
                 f"{subject_name(subject)} cannot be signed off: {len(undecided)} new or enlarging finding(s) have no "
                 f"decision ({', '.join(undecided)}); decide each with `msvol decide` first")
-        previous = db.scalar(select(SignOff).where(SignOff.subject_id == subject)
+        previous = db.scalar(select(SignOff).where(SignOff.run_id == run.id)
                              .order_by(SignOff.version.desc()).limit(1))
         _check_amendment(subject, previous, db, amend_reason)
         version = bump_version(db, subject, expected_version)

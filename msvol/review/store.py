@@ -126,8 +126,11 @@ class Decision(Base):
 
 
 class SignOff(Base):
+    """A signed version of one analysis run's confirmed result (versions count per run: a new analysis of the
+    subject, e.g. after a new exam, is signed from version 1 again)."""
+
     __tablename__ = "signoffs"
-    __table_args__ = (UniqueConstraint("subject_id", "version"),)
+    __table_args__ = (UniqueConstraint("run_id", "version"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     subject_id: Mapped[str] = mapped_column(ForeignKey("subjects.id"))
     run_id: Mapped[int] = mapped_column(ForeignKey("analysis_runs.id"))

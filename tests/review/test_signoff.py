@@ -106,3 +106,20 @@ def test_an_automated_report_changed_after_registration_is_refused(store, review
     report.write_text(report.read_text().replace("-0.61", "-0.99"))
     with pytest.raises(Exception, match="changed after it was registered"):
         signoff.sign_off(store, "01", reviewer="Dr A")
+
+
+def test_a_new_analysis_of_a_signed_subject_is_reviewed_and_signed_afresh(store, review_out):
+    """Regression: after a rerun (a new report, registered as a new run) the earlier run's sign-off made the
+    subject look 'in review' and demanded an amendment reason for the first sign-off of the new run."""
+    decide_all_new_and_enlarging(store)
+    signoff.sign_off(store, "01", reviewer="Dr A")
+    shutil.move(review_out / "sub-01" / "final", review_out / "old-final")  # as a rerun moves it to OUT/previous
+    report = review_out / "sub-01" / "report.json"
+    report.write_text(report.read_text().replace('"pbvc_percent": -0.61', '"pbvc_percent": -0.58'))
+    findings.register_all(store)
+    assert findings.listing(store, "01")[0]["status"] == "pending"
+    decide_all_new_and_enlarging(store)
+    final = signoff.sign_off(store, "01", reviewer="Dr B")
+    assert final["version"] == 1 and final["supersedes_version"] is None
+    assert final["intervals"][0]["automated"]["pbvc_percent"] == -0.58
+    assert findings.listing(store, "01")[0]["status"] == "signed"

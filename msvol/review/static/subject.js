@@ -109,13 +109,25 @@ export async function startSubject(subject) {
     select(list[at < 0 ? 0 : (at + offset + list.length) % list.length].id);
   }
 
-  /** After deciding the selected finding: on to the next one still without a decision, if any. */
+  /** After deciding the selected finding: on to the next one still without a decision, in this interval or
+   * else in the next interval that has one (so the keyboard path covers every interval of the subject). */
   function advance() {
     const list = lesions();
     const at = list.findIndex((finding) => finding.id === state.selected);
     const open = (finding) => finding.decision === null && !state.queued.has(finding.id);
     const next = [...list.slice(at + 1), ...list.slice(0, Math.max(at, 0))].find(open);
-    if (next) select(next.id);
+    if (next) {
+      select(next.id);
+      return;
+    }
+    const other = state.intervals.find((interval) => interval !== state.interval
+      && sortedLesions(state.entry, interval.interval).some(open));
+    if (!other) return;
+    state.pending += 1; // scripts and tests wait (idle()) until the next interval is shown
+    showInterval(other).then(() => {
+      const first = lesions().find(open);
+      if (first) select(first.id);
+    }).finally(() => { state.pending -= 1; });
   }
 
   // ---- writing ---------------------------------------------------------------------------------------

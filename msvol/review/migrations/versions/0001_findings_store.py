@@ -83,7 +83,7 @@ def upgrade() -> None:
         sa.Column("at", TIME, nullable=False),
         sa.Column("amendment_reason", sa.Text, nullable=True),
         sa.Column("summary", sa.JSON, nullable=False),
-        sa.UniqueConstraint("subject_id", "version"))
+        sa.UniqueConstraint("run_id", "version"))
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer, primary_key=True),
