@@ -191,7 +191,9 @@ def audit_command(out_dir, subject, as_json, db_url):
 @out_argument
 @db_option
 @click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
-def review_command(out_dir, db_url, port):
+@click.option("--reviewer", help="Serve one reader: every decision and sign-off is recorded under this name (the "
+                                 "page does not ask for one; a write naming someone else is refused).")
+def review_command(out_dir, db_url, port, reviewer):
     """Serve the review pages and API on 127.0.0.1; open the printed URL (it carries a random token)."""
     import secrets
 
@@ -201,7 +203,7 @@ def review_command(out_dir, db_url, port):
 
     token = secrets.token_urlsafe(24)
     with _review(out_dir, db_url) as opened:
-        app = api.create_app(opened, token)
+        app = api.create_app(opened, token, reviewer=reviewer)  # a blank name: exit 2 from _review
         click.echo(f"msvol review: http://127.0.0.1:{port}/?token={token}", err=True)
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 

@@ -180,6 +180,9 @@ class LesionMap:
 
 
 ChangeStatus = Literal["new", "enlarging", "shrinking", "resolved", "stable"]
+# The value of each class in the review viewers' change maps (intervals/*/viewer/changes.nii.gz; 0: no lesion).
+# review/static/viewers.js colours the same values.
+CHANGE_MAP_VALUES = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3, "stable": 4}
 
 
 @dataclass(frozen=True)

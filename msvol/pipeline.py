@@ -34,8 +34,8 @@ from typing import Callable
 import numpy as np
 
 from msvol.config import Params
-from msvol.datatypes import (IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit, QCFlag, Rigid,
-                             Visit, Volume)
+from msvol.datatypes import (CHANGE_MAP_VALUES, IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit,
+                             QCFlag, Rigid, Visit, Volume)
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
 from msvol.outputs import dicom as dicom_export, dicom_source, html, report
@@ -245,12 +245,9 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     return final
 
 
-VIEWER_CLASSES = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3, "stable": 4}  # changes.nii.gz values
-
-
 def _viewer_images(images: IntervalImages, result: IntervalResult) -> tuple[dict[str, Volume], bytes]:
     """What the review's side-by-side viewers load, on the halfway grid: both FLAIRs as uint8 (each windowed
-    at its 0.5-99.5th percentile inside the head), the change class of every lesion voxel (VIEWER_CLASSES;
+    at its 0.5-99.5th percentile inside the head), the change class of every lesion voxel (CHANGE_MAP_VALUES;
     resolved lesions from the baseline labels), and the halfway <-> follow-up mm maps as JSON."""
     def window(image: np.ndarray) -> np.ndarray:
         low, high = np.percentile(image[image > 0], (0.5, 99.5)) if (image > 0).any() else (0.0, 1.0)
@@ -258,7 +255,7 @@ def _viewer_images(images: IntervalImages, result: IntervalResult) -> tuple[dict
 
     classes = np.zeros(images.followup_labels.shape, np.uint8)
     for change in result.changes:
-        value = VIEWER_CLASSES.get(change.status)
+        value = CHANGE_MAP_VALUES.get(change.status)
         if value is None:
             continue
         if change.status == "resolved":

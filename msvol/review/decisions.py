@@ -71,8 +71,13 @@ def decide(store: Store, subject: str, key: str, action: str, *, reviewer: str, 
             status = None
         else:  # accept
             status, reason = None, None
+        # the reviewer's newest mask (edited or grown) stays the lesion's mask through later decisions
+        kept = None if action == "reject" else db.scalar(
+            select(Decision).where(Decision.finding_id == view.finding.id, Decision.mask_path.is_not(None))
+            .order_by(Decision.id.desc()).limit(1))
         return _record(db, view, action, reviewer=reviewer, status=status, reason=reason, note=note,
-                       version=bump_version(db, subject, expected_version))
+                       version=bump_version(db, subject, expected_version),
+                       mask_path=kept.mask_path if kept else None, volume_mm3=kept.volume_mm3 if kept else None)
 
 
 def edit_mask(store: Store, subject: str, key: str, mask: Volume, *, reviewer: str, note: str | None = None,

@@ -32,14 +32,15 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-def add_pages(app: FastAPI, store: Store) -> FastAPI:
+def add_pages(app: FastAPI, store: Store, *, reviewer: str | None = None) -> FastAPI:
     """Add the worklist (/), the subject view (/subjects/<subject>), /static/<path> and /files/<subject>/<path>
-    to `app`; returns it. Call it once, after the API routes (e.g. at the end of api.create_app)."""
+    to `app`; returns it. Call it once, after the API routes (e.g. at the end of api.create_app). `reviewer`:
+    the one reader the server records (the pages show the name and do not ask for it)."""
     templates = jinja2.Environment(loader=jinja2.PackageLoader("msvol.review", "templates"),
                                    autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
     def page(name: str, **context) -> HTMLResponse:
-        html = templates.get_template(name).render(msvol_version=__version__, **context)
+        html = templates.get_template(name).render(msvol_version=__version__, reviewer=reviewer, **context)
         return HTMLResponse(html, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
                                            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 

@@ -114,3 +114,26 @@ def test_a_mask_upload_that_is_not_nifti_is_a_400(client):
     response = client.put("/api/subjects/01/findings/01-02:L4/mask", content=io.BytesIO(b"not nifti").read(),
                           params={"reviewer": "Dr A"}, **auth())
     assert response.status_code == 400 and "cannot read it as NIfTI" in response.json()["detail"]
+
+
+def test_a_server_for_one_reader_records_that_name_and_refuses_others(store):
+    client = TestClient(api.create_app(store, TOKEN, reviewer="  Dr  Solo "), base_url="http://127.0.0.1")
+    decided = client.post("/api/subjects/01/findings/01-02:L1/decision", json={"action": "confirm"}, **auth())
+    assert decided.status_code == 200 and decided.json()["decision"]["reviewer"] == "Dr Solo"
+    named = client.post("/api/subjects/01/findings/01-02:L2/decision",
+                        json={"action": "confirm", "reviewer": "Dr Solo"}, **auth())
+    assert named.status_code == 200
+    other = client.post("/api/subjects/01/findings/01-02:L3/decision",
+                        json={"action": "confirm", "reviewer": "Dr Else"}, **auth())
+    assert other.status_code == 403 and "Dr Solo" in other.json()["detail"]
+    mask = client.put("/api/subjects/01/findings/01-02:L4/mask", content=b"\x00" * 10,
+                      params={"reviewer": "Dr Else"}, **auth())
+    assert mask.status_code == 403
+    actors = [entry["actor"] for entry in client.get("/api/subjects/01/audit", **auth()).json()]
+    assert actors == ["msvol", "Dr Solo", "Dr Solo"], "the registration, then the two accepted decisions"
+    page = client.get("/subjects/sub-01", **auth()).text
+    assert 'value="Dr Solo" readonly' in page
+    # without a server reader, a write must name one
+    anonymous = TestClient(api.create_app(store, TOKEN), base_url="http://127.0.0.1").post(
+        "/api/subjects/01/findings/01-02:L3/decision", json={"action": "confirm"}, **auth())
+    assert anonymous.status_code == 400 and "reviewer" in anonymous.json()["detail"]

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from msvol.synth.review_case import LESIONS, MISSED_CENTRE_MM, write_review_case
+from msvol.synth.review_case import AFFINE, LESIONS, MISSED_CENTRE_MM, write_review_case
 
 CHROMIUM = Path("/usr/bin/chromium")
 try:
@@ -150,6 +150,38 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
     def selected():
         return page.evaluate("() => msvolReview.state.selected")
 
+    def on_canvas(mm):
+        """Follow-up mm -> CSS px from the follow-up canvas's top left (a single-plane layout)."""
+        return page.evaluate("""(mm) => {
+            const nv = msvolReview.viewers.followup, canvas = nv.canvas;
+            const [x, y] = nv.frac2canvasPos(nv.mm2frac(msvolReview.viewers.toHalfway(mm), 0, true));
+            return [x * canvas.clientWidth / canvas.width, y * canvas.clientHeight / canvas.height]; }""", list(mm))
+
+    def overlay_around(mm, half=8):
+        """The coloured (overlay) share of a small square of the follow-up canvas centred on `mm`, shown there."""
+        page.evaluate("(mm) => msvolReview.viewers.moveTo(msvolReview.viewers.toHalfway(mm))", list(mm))
+        x, y = on_canvas(mm)
+        box = page.locator("#followup-canvas").bounding_box()
+        clip = {"x": box["x"] + x - half, "y": box["y"] + y - half, "width": 2 * half, "height": 2 * half}
+        from PIL import Image
+
+        rgb = np.asarray(Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB"), dtype=float)
+        crosshair = (rgb[..., 1] > rgb[..., 0]) & (rgb[..., 1] > rgb[..., 2])
+        return float(((np.ptp(rgb, axis=2) > 40) & ~crosshair).mean())  # any class colour, not grey
+
+    def drag(points_mm):
+        """Press at the first point on the follow-up canvas, move through the others, release."""
+        box = page.locator("#followup-canvas").bounding_box()
+        positions = [on_canvas(mm) for mm in points_mm]
+        page.mouse.move(box["x"] + positions[0][0], box["y"] + positions[0][1])
+        page.mouse.down()
+        for x, y in positions[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=12)
+        page.mouse.up()
+
+    def voxel_mm(voxel):
+        return [float(value) for value in (AFFINE @ (*voxel, 1))[:3]]
+
     def open_subject(subject):
         started = time.monotonic()
         page.goto(f"{server}/subjects/sub-{subject}")
@@ -215,11 +247,15 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
     page.click("#confirm")
     wait_idle()
     assert selected() == "01-02:L2", "after a decision the next undecided finding is selected"
+    l2_mm = findings_of("01")["01-02:L2"]["centroid_mm"]
+    assert overlay_around(l2_mm) > 0.5, "new lesion L2 is drawn in the overlay"
+    page.evaluate("(id) => document.querySelector(`li[data-finding='${id}']`).click()", "01-02:L2")
     page.keyboard.press("r")
     page.wait_for_selector("#reject-dialog[open]")
     page.keyboard.press("2")
     page.keyboard.press("Enter")
     wait_idle()
+    assert overlay_around(l2_mm) < 0.02, "the rejected lesion left the overlay"
     decided = findings_of("01")
     assert decided["01-02:L1"]["decision"]["action"] == "confirm"
     assert (decided["01-02:L2"]["decision"]["action"], decided["01-02:L2"]["decision"]["reason"]) == \
@@ -227,11 +263,7 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
 
     # add the missed lesion by clicking its centre in the follow-up viewer
     page.evaluate("(mm) => msvolReview.viewers.moveTo(msvolReview.viewers.toHalfway(mm))", list(MISSED_CENTRE_MM))
-    x, y = page.evaluate("""(mm) => {
-        const nv = msvolReview.viewers.followup, canvas = nv.canvas;
-        const [x, y] = nv.frac2canvasPos(nv.mm2frac(msvolReview.viewers.toHalfway(mm), 0, true));
-        return [x * canvas.clientWidth / canvas.width, y * canvas.clientHeight / canvas.height]; }""",
-                         list(MISSED_CENTRE_MM))
+    x, y = on_canvas(MISSED_CENTRE_MM)
     page.keyboard.press("a")
     page.mouse.click(box["x"] + x, box["y"] + y)
     wait_idle()
@@ -240,8 +272,8 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
     np.testing.assert_allclose(added["centroid_mm"], MISSED_CENTRE_MM, atol=1.0)
     assert added["followup_volume_mm3"] > 50, "grown from the click, not a single voxel"
 
-    # edit the enlarging lesion's mask: seeded from the overlay, two pen strokes, saved in halfway space
-    page.click("button[data-layout=multiplanar]")
+    # edit the enlarging lesion's mask with the buttons and the mouse (axial plane through its centre): seeded from
+    # the overlay, an erase stroke and a pen stroke through the centre, and a filled square outline beside it
     page.click("li[data-finding='01-02:L4']")
     page.keyboard.press("e")
     seeded = page.evaluate("() => msvolReview.viewers.drawnVoxels()")
@@ -249,27 +281,38 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
     offsets = range(-radius, radius + 1)
     expected_seed = sum(1 for dx in offsets for dy in offsets for dz in offsets if dx * dx + dy * dy + dz * dz <= radius ** 2)
     assert seeded == expected_seed, "the drawing starts from the lesion's component of changes.nii.gz"
-    page.evaluate("""() => {
-        const viewers = msvolReview.viewers, nv = viewers.followup;
-        const finding = msvolReview.state.entry.findings.find((item) => item.id === '01-02:L4');
-        const [x, y, z] = Array.from(nv.frac2vox(nv.mm2frac(viewers.toHalfway(finding.centroid_mm), 0, true)));
-        // as NiiVue's pen does: the first point, then the line (which leaves out its start)
-        nv.drawPt(x - 5, y, z, 1);
-        nv.drawPenLine([x - 5, y, z], [x + 5, y, z], 1);
-        nv.drawPt(x, y - 5, z, 1);
-        nv.drawPenLine([x, y - 5, z], [x, y + 5, z], 1);
-        nv.refreshDrawing(true); }""")
-    drawn = page.evaluate("() => msvolReview.viewers.drawnVoxels()")
-    assert drawn == seeded + 8, "each stroke reaches two voxels beyond the ball of radius 3 on either side"
+    cx, cy, cz = LESIONS[4][1]
+    count = lambda: page.evaluate("() => msvolReview.viewers.drawnVoxels()")  # noqa: E731
+    page.click("[data-tool=erase]")
+    drag([voxel_mm((cx - 5, cy, cz)), voxel_mm((cx + 5, cy, cz))])
+    assert count() == seeded - 7, "the erase stroke cleared the ball's middle row (7 voxels)"
+    page.click("#draw-undo")
+    assert count() == seeded, "undo"
+    page.click("[data-tool=erase]")
+    drag([voxel_mm((cx - 5, cy, cz)), voxel_mm((cx + 5, cy, cz))])
+    page.click("[data-tool=pen]")
+    drag([voxel_mm((cx, cy - 5, cz)), voxel_mm((cx, cy + 5, cz))])
+    assert count() == seeded - 7 + 5, "the pen stroke: the erased centre again and two voxels beyond either side"
+    page.click("[data-tool=fill]")
+    square = [(cx - 13, cy - 3), (cx - 7, cy - 3), (cx - 7, cy + 3), (cx - 13, cy + 3), (cx - 13, cy - 3)]
+    drag([voxel_mm((x, y, cz)) for x, y in square])
+    drawn = count()
+    assert drawn == seeded - 2 + 49, "the closed 7 x 7 outline was filled"
     page.click("#draw-save")
     wait_idle()
     edited = findings_of("01")["01-02:L4"]
     assert edited["decision"]["action"] == "edit_mask" and edited["followup_volume_mm3"] == float(drawn)
     assert page.is_hidden("#draw-tools")
+    assert overlay_around(voxel_mm((cx - 10, cy, cz))) > 0.5, "the saved mask is drawn in the overlay"
+    page.click("button[data-layout=multiplanar]")
 
-    # reclassify one (the select), accept the PBVC (p)
+    # reclassify one (the select, then Shift+S), accept the PBVC (p)
     page.click("li[data-finding='01-02:L5']")
-    page.select_option("#reclassify-to", "stable")
+    page.select_option("#reclassify-to", "enlarging")
+    wait_idle()
+    assert findings_of("01")["01-02:L5"]["current_class"] == "enlarging"
+    page.click("li[data-finding='01-02:L5']")
+    page.keyboard.press("Shift+S")
     wait_idle()
     page.keyboard.press("p")
     wait_idle()
@@ -346,3 +389,35 @@ def test_a_reviewer_reads_decides_and_signs_in_the_browser(server, browser, revi
     path = tmp_path / "review_page_timings.json"
     path.write_text(json.dumps(timings, indent=2))
     print(f"\nreview page timings ({path}):\n{json.dumps(timings, indent=2)}")
+
+
+def test_a_subject_without_viewer_images_is_decided_from_the_list(server, browser, review_out, store):
+    """A report of an older msvol (no viewer images): the page says so, and the findings are still decided by key."""
+    import httpx
+
+    from msvol.review import findings
+
+    write_review_case(review_out, "03")
+    path = review_out / "sub-03" / "report.json"
+    report = json.loads(path.read_text())
+    del report["intervals"][0]["files"]["viewer"]
+    path.write_text(json.dumps(report, indent=2))
+    findings.register_all(store)
+
+    page = browser.new_page()
+    page.goto(f"{server}/subjects/sub-03?token={TOKEN}")
+    page.wait_for_function("() => window.msvolReview && window.msvolReview.state.selected", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function("() => document.getElementById('viewer-status').textContent.includes('no viewer images')",
+                           timeout=LOAD_TIMEOUT_MS)
+    assert page.is_hidden(".viewer-pair")
+    page.fill("#reviewer", "Dr C")
+    page.locator("#reviewer").dispatch_event("change")
+    page.evaluate("() => document.activeElement.blur()")  # keys typed in the name box are the name's
+    first = page.evaluate("() => msvolReview.state.selected")
+    page.keyboard.press("c")
+    page.wait_for_function("() => window.msvolReview.idle()", timeout=WRITE_TIMEOUT_MS)
+    decided = {finding["id"]: finding for finding in httpx.get(
+        f"{server}/api/subjects/03", headers={"Authorization": f"Bearer {TOKEN}"}).json()["findings"]}
+    assert decided[first]["decision"]["action"] == "confirm" and decided[first]["decision"]["reviewer"] == "Dr C"
+    page.keyboard.press("a")  # adding needs the images: nothing happens
+    assert page.is_hidden("#add-hint")

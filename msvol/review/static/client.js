@@ -60,6 +60,7 @@ const REVIEWER_KEY = "msvol.reviewer";
 
 export function bindReviewer() {
   const input = document.getElementById("reviewer");
+  if (input.readOnly) return () => input.value.trim(); // the server records one reader (msvol review --reviewer)
   input.value = window.localStorage.getItem(REVIEWER_KEY) || "";
   input.addEventListener("change", () => window.localStorage.setItem(REVIEWER_KEY, input.value.trim()));
   return () => input.value.trim();

@@ -15,6 +15,7 @@ export async function startSubject(subject) {
   const state = {
     subject, entry: null, version: null, intervals: [], interval: null, selected: null, mode: "view",
     pending: 0, queue: Promise.resolve(), queued: new Set(), stale: false, final: null, imagesShown: false,
+    overlayShows: null, // the findings' classes and masks the overlay was drawn with
     timings: { opened: performance.now() },
   };
   const viewers = new ViewerPair($("baseline-canvas"), $("followup-canvas"), {
@@ -32,6 +33,23 @@ export async function startSubject(subject) {
     state.entry = await api.subject(subject);
     state.version = state.entry.version;
     render();
+    if (state.imagesShown && overlayState() !== state.overlayShows) await showChanges();
+  }
+
+  // The overlay follows the decisions: the server draws them into the interval's change map.
+  const changesUrl = (interval) => new URL(`/api/subjects/${encodeURIComponent(subject)}/intervals/`
+    + `${encodeURIComponent(interval.interval)}/changes.nii.gz?version=${state.version}`, window.location.origin).href;
+  const overlayState = () => lesions().map((finding) => `${finding.id}:${finding.current_class}:`
+    + `${finding.decision ? finding.decision.mask : ""}`).join(" ");
+
+  async function showChanges() {
+    const shows = overlayState();
+    try {
+      await viewers.setChanges(changesUrl(state.interval));
+      state.overlayShows = shows;
+    } catch (error) {
+      showMessage(`The overlay could not be updated: ${error.message}`, { error: true });
+    }
   }
 
   function render() {
@@ -217,10 +235,11 @@ export async function startSubject(subject) {
     }
   });
 
+  const reclassify = (status) => decide({ action: "reclassify", status }, "Reclassify");
   $("reclassify-to").addEventListener("change", (event) => {
     const status = event.target.value;
     event.target.value = "";
-    if (status) decide({ action: "reclassify", status }, "Reclassify");
+    if (status) reclassify(status);
   });
 
   function acceptPbvc() {
@@ -377,6 +396,7 @@ export async function startSubject(subject) {
   const keys = {
     j: () => step(1), k: () => step(-1), c: confirm, r: reject, o: toggleOverlay, s: signOff,
     d: toggleDifference, a: startAdding, e: startEditing, p: acceptPbvc, Escape: cancel,
+    N: () => reclassify("new"), E: () => reclassify("enlarging"), S: () => reclassify("stable"), // with Shift
   };
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || document.querySelector("dialog[open]")) return;
@@ -427,8 +447,10 @@ export async function startSubject(subject) {
       : `/files/sub-${encodeURIComponent(subject)}/${path}`, window.location.origin).href;
     $("viewer-status").textContent = "Loading the images…";
     try {
+      const shows = overlayState();
       await viewers.load({ baseline_flair: url(images.baseline_flair), followup_flair: url(images.followup_flair),
-        changes: url(images.changes) }, interval);
+        changes: changesUrl(interval) }, interval);
+      state.overlayShows = shows;
     } catch (error) {
       $("viewer-status").textContent = `The images could not be shown: ${error.message}`;
       return;

@@ -1,5 +1,6 @@
 // The two viewers of the subject view: baseline and follow-up FLAIR of one interval, both on the halfway
-// grid (intervals/ses-A_to_ses-B/viewer/ of `msvol run`), each with the change classes as an overlay.
+// grid (intervals/ses-A_to_ses-B/viewer/ of `msvol run`), each with the change classes as an overlay (the map
+// the API serves with the reviewer's decisions drawn in: rejected lesions gone, edited and added masks shown).
 //
 // Coordinates: "halfway mm" is the world space of the viewer images; findings, added points and saved
 // masks live in the follow-up images' world mm. The interval's 4 x 4 maps (space.json, served by
@@ -49,7 +50,13 @@ export class ViewerPair {
     this.differenceShown = false;
     this.changesRAS = null;
     followupCanvas.addEventListener("mouseup", (event) => {
-      // after NiiVue's own handlers (registered later, on attach) have moved the crosshair to the click
+      // before NiiVue's own handlers (registered later, on attach): its pen draws each segment without the newer
+      // end, so a stroke would stop one voxel short of where the button was released
+      const drawing = this.followup && this.followup.opts.drawingEnabled;
+      if (event.button === 0 && drawing && Number.isFinite(this.followup.drawPenLocation[0])) {
+        this.followup.drawPt(...this.followup.drawPenLocation, this.followup.opts.penValue);
+      }
+      // after them (the timeout), once they have moved the crosshair to the click
       if (event.button === 0 && this.followup) setTimeout(() => onFollowupClick(this.cursorMM("followup")), 0);
     });
   }
@@ -79,6 +86,19 @@ export class ViewerPair {
     this.link(this.baseline, this.followup, "baseline");
     this.link(this.followup, this.baseline, "followup");
     this.moveTo(this.cursorMM("followup"));
+  }
+
+  /** Replace the change overlay of both viewers by the map at `url` (same grid, the reviewer's decisions drawn
+   * in): the voxels are copied into the loaded overlays, so each viewer re-uploads once. */
+  async setChanges(url) {
+    const map = await NVImage.loadFromUrl({ url });
+    for (const viewer of [this.baseline, this.followup]) {
+      const overlay = viewer.volumes.find((volume) => volume.colormapLabel);
+      if (!overlay || overlay.img.length !== map.img.length) throw new Error("the change map is not on the viewers' grid");
+      overlay.img.set(map.img);
+      viewer.updateGLVolume();
+    }
+    this.changesRAS = null; // componentAt reads the new map
   }
 
   link(source, target, name) {
@@ -173,6 +193,7 @@ export class ViewerPair {
       const component = this.componentAt(seedMM);
       if (component) viewer.drawBitmap.set(component);
     }
+    viewer.drawAddUndoBitmap(); // the seeded mask is what Undo returns to
     viewer.setDrawOpacity(0.7);
     viewer.refreshDrawing(true);
     this.setTool("pen");
