@@ -1,11 +1,11 @@
 // The subject view: both visits side by side, the findings least certain first, the decisions, the PBVC
-// card and the sign-off. Data and writes go through the JSON API only (client.js). Every write names
-// the subject version last read; writes run one after the other, so a fast keyboard path never races
-// itself; a 409 (another reviewer wrote) stops further writes until the page is reloaded.
+// card and the sign-off. Data and writes go through the JSON API only (client.js), writes one after the
+// other through writes.js.
 
-import { api, bindReviewer, clearMessage, element, showMessage, statusClass } from "./client.js";
+import { api, bindReviewer, element, showMessage, statusClass } from "./client.js";
 import { findingItem, pbvcRows, sortedLesions, undecidedOf } from "./findings_view.js";
 import { ViewerPair } from "./viewers.js";
+import { writeQueue } from "./writes.js";
 
 const REASONS = ["not a lesion", "artefact", "already present at baseline", "other"];
 const $ = (id) => document.getElementById(id);
@@ -149,42 +149,7 @@ export async function startSubject(subject) {
   }
 
   // ---- writing ---------------------------------------------------------------------------------------
-  /** Queue one write; `action(version, reviewer)` makes the request. Resolves to its result, or null; a write
-   * refused before any request (no reviewer name, or a stale page) has `refused` set. */
-  function write(label, action, findingId = null) {
-    const refused = Object.assign(Promise.resolve(null), { refused: true });
-    const name = reviewer();
-    if (!name) {
-      showMessage("Type your name in the Reviewer box first: each decision goes into the audit trail with it.", { error: true });
-      $("reviewer").focus();
-      return refused;
-    }
-    if (state.stale) return refused;
-    state.pending += 1;
-    if (findingId) state.queued.add(findingId);
-    const run = state.queue.then(async () => {
-      if (state.stale) return null;
-      try {
-        const result = await action(state.version, name);
-        clearMessage();
-        await refresh();
-        return result;
-      } catch (error) {
-        if (error.stale) {
-          state.stale = true;
-          showMessage(`Not saved: ${error.message} Reload the page to see the current state.`, { error: true, reload: true });
-        } else {
-          showMessage(`${label} failed: ${error.message}`, { error: true });
-        }
-        return null;
-      } finally {
-        if (findingId) state.queued.delete(findingId);
-        state.pending -= 1;
-      }
-    });
-    state.queue = run;
-    return run;
-  }
+  const write = writeQueue(state, { reviewer, refresh, nameBox: $("reviewer") });
 
   function decide(body, label) {
     const finding = selectedFinding();
