@@ -140,8 +140,22 @@ class LesionParams:
         "per pair 0.24 fused vs 0.71 independent, new-lesion sensitivity 1.00 in both (docs/BENCHMARKS.md)")
     min_new_change_probability: float = _p(
         0.5, "probability",
-        "msvol choice: a lesion absent at baseline counts as new only when the change model's mean probability "
-        "over it reaches this; below, it is reported as stable (pre-existing, missed at baseline); not tuned")
+        "msvol choice (the reporting operating point): a lesion absent at baseline counts as new, and new tissue "
+        "as enlargement, only when the change model's mean probability over it reaches this; not tuned")
+    # The candidate operating point: findings listed as 'possible_new' for the reader, never counted until confirmed.
+    min_candidate_change_probability: float = _p(
+        0.2, "probability",
+        "msvol choice (the candidate operating point): a lesion absent at baseline whose change-model mean "
+        "probability reaches this but not min_new_change_probability, or that is smaller than "
+        "min_new_lesion_volume_mm3, is a 'possible new lesion'; below it, stable (or dropped if small)")
+    min_candidate_volume_mm3: float = _p(
+        5.0, "mm3", "msvol choice: the smallest possible new lesion listed (>=): min_lesion_volume_mm3, 5 voxels at 1 mm")
+    # Both visits together: a lesion seen at one visit is looked for at the other below the reporting threshold.
+    min_presence_probability: float = _p(
+        0.3, "probability",
+        "msvol choice: a lesion found at one visit only is still 'present' at the other when that visit's mean "
+        "per-visit probability over its region (halfway grid) reaches this: then it is stable, not new or "
+        "resolved (hysteresis across visits, as a reader compares both scans)")
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,28 @@ class AtrophyParams:
         2, "voxels",
         "boundary shift integral region: union dilated and intersection eroded by this (Freeborough & Fox, "
         "IEEE TMI 1997). msvol choice 2: on synth seed 1 widths 1/2/3 gave PBVC errors -0.06/+0.13/+0.09, "
-        "-0.12/+0.12/+0.02, -0.13/+0.11/+0.01 pp (before the N4 spline change); 2 keeps the edge inside")
+        "-0.12/+0.12/+0.02, -0.13/+0.11/+0.01 pp (before the N4 spline change); 2 keeps the edge inside. Issue 12 "
+        "(T1 halfway space, reference matching, DBC): width 3 moved recovery by <= 1.4 % on the three pairs below")
+    window_margin_fraction: float = _p(
+        0.2, "fraction of the CSF-GM contrast",
+        "KN-BSI window (Leung et al., NeuroImage 2010) kept this far inside the pure CSF and GM levels on each "
+        "side, so that noise (sd <= 4 % of that contrast on msvol synth) rarely reaches a clip. msvol choice 0.2, "
+        "issue 12: on msvol's divergence atrophy the window's place matters (tissue is lost at every partial-"
+        "volume level), 0.15/0.20/0.25 gave recovery 1.01/1.04/1.07 (synth seed 500, no pose, bias 0.2, N4) and "
+        "0.95/0.97/1.00 (seed 500 through prepare_visit); a uniform contraction 1.00 for all three "
+        "(docs/METHODS.md; bench/pbvc_recovery.py)")
+    reference_erosion_voxels: int = _p(
+        2, "voxels",
+        "msvol choice (issue 12): reference voxels (pure CSF / pure WM at both visits) lie this far inside "
+        "their class at each visit, so that partial-volume voxels atrophy changes are not taken for scanner "
+        "differences; not tuned")
+    bias_smoothing_mm: float = _p(
+        15.0, "mm",
+        "Gaussian sigma of the differential bias correction (DBC; Lewis & Fox, J Neurosci Methods 2004, used "
+        "with KN-BSI by Leung et al., NeuroImage 2010) over pure-WM and mid-grey voxels; 0 = none. msvol "
+        "choice, issue 12: 0/10/15 mm gave recovery 1.13/1.00/1.04 (synth seed 500, no pose, bias 0.2, N4), "
+        "1.04/0.94/0.97 (seed 500 through prepare_visit), scan-rescan -0.04/+0.01/+0.00 %; on a noise-only pair "
+        "with no bias, N4 alone read 1.055 and DBC at 15 mm 1.012 (docs/METHODS.md)")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(
@@ -199,6 +234,44 @@ class GrowParams:
         "msvol choice: a grown region above this raises its lower bound until it fits (<= the value); above the "
         "largest synthetic lesion (3000 mm3, x 2.3 when enlarging) and a 2 cm tumefactive lesion (4200 mm3); "
         "not tuned")
+
+
+# --- cohort measures (msvol cohort, issue 13) -------------------------------------------------------------------
+@dataclass(frozen=True)
+class CohortParams:
+    """What `msvol cohort` (msvol.ops.cohort) counts per patient; cohort-time, not in Params (no report depends on it).
+
+    msvol sees only the MRI parts of NEDA: no gadolinium-enhancing lesions, relapses or disability, so the cohort
+    reports "MRI activity-free" and "MRI activity-free and atrophy within the cut-off", never NEDA (DOMAIN.md). The
+    atrophy cut-off is AtrophyParams.pathological_annualized_pbvc_percent (De Stefano 2016), not repeated here.
+    """
+
+    max_active_lesions_for_activity_free: int = _p(
+        0, "new + enlarging T2 lesions, summed over a patient's consecutive intervals",
+        "MRI part of NEDA-3: no new or enlarging T2 lesions (Havrdova et al., Lancet Neurol 2009;8:254-60; Giovannoni "
+        "et al., Mult Scler Relat Disord 2015;4:329-33); a patient is MRI activity-free when the count is <= this "
+        "(inclusive)")
+    confidence_level: float = _p(
+        0.95, "fraction", "msvol choice: the conventional 95 % for the intervals of cohort shares and lesion rates")
+
+
+# The cohort measures' definitions and sources, printed in cohort.json and on the cohort page.
+COHORT_MEASURES = {
+    "mri_activity_free": (
+        "No new and no enlarging T2 lesion over the follow-up: the MRI part of NEDA-3 without gadolinium-enhancing "
+        "lesions (Havrdova et al., Lancet Neurol 2009;8:254-60; Giovannoni et al., Mult Scler Relat Disord "
+        "2015;4:329-33)."),
+    "mri_activity_free_atrophy_within_cutoff": (
+        "MRI activity-free and an annualised PBVC above the pathological cut-off (a value at the cut-off counts as "
+        "atrophy): the MRI parts of NEDA-4 (Kappos et al., Mult Scler 2016;22:1297-305: NEDA-3 plus annualised "
+        "brain volume loss below 0.4 %); the cut-off is De Stefano et al., J Neurol Neurosurg Psychiatry "
+        "2016;87:93-9 (SIENA, 80 % specificity)."),
+    "new_lesions_per_patient_year": (
+        "New T2 lesions per patient-year from a negative binomial model with log follow-up years as offset, as for "
+        "overdispersed MRI lesion counts (Sormani et al., J Neurol Sci 1999;163:74-80, enhancing-lesion counts); the "
+        "pooled rate (all new lesions / all follow-up years) beside it."),
+}
+# --- end of cohort measures ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -179,10 +179,14 @@ class LesionMap:
         return float(sum(lesion.volume_mm3 for lesion in self.lesions))
 
 
-ChangeStatus = Literal["new", "enlarging", "shrinking", "resolved", "stable"]
+# possible_new: a candidate below the reporting operating point, listed for the reader and never counted
+ChangeStatus = Literal["new", "enlarging", "shrinking", "resolved", "stable", "possible_new"]
 # The value of each class in the review viewers' change maps (intervals/*/viewer/changes.nii.gz; 0: no lesion).
 # review/static/viewers.js colours the same values.
-CHANGE_MAP_VALUES = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3, "stable": 4}
+# The lesion findings a reader decides one by one (each with a thumbnail); possible_new ones are counted only once
+# confirmed.
+REVIEWED_STATUSES = ("new", "enlarging", "possible_new")
+CHANGE_MAP_VALUES = {"new": 1, "enlarging": 2, "shrinking": 3, "resolved": 3, "stable": 4, "possible_new": 5}
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,7 @@ class Counts:
     shrinking: int
     resolved: int
     stable: int
+    possible_new: int = 0  # candidates for the reader: not part of any count above
 
 
 @dataclass(frozen=True)
@@ -272,4 +277,5 @@ class IntervalResult:
     @property
     def counts(self) -> Counts:
         statuses = [change.status for change in self.changes]
-        return Counts(*(statuses.count(name) for name in ("new", "enlarging", "shrinking", "resolved", "stable")))
+        return Counts(*(statuses.count(name) for name in ("new", "enlarging", "shrinking", "resolved", "stable",
+                                                           "possible_new")))

@@ -7,7 +7,7 @@ Output contract (per subject XX, under OUT/sub-XX/):
   ses-YY/flair.nii.gz              the bias-corrected FLAIR (uint16, scaled), same grid
   intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz
                                    labels on the ses-BB FLAIR grid, values = lesion ids in report.json
-  thumbnails/ses-AA_to_ses-BB/lesion-N.png  each new and enlarging lesion at both visits
+  thumbnails/ses-AA_to_ses-BB/lesion-N.png  each new, enlarging and possible new lesion at both visits
   dicom/ses-AA_to_ses-BB_lesions_seg.dcm, dicom/report_summary.dcm, dicom/source/ses-BB/
                                    only for DICOM input: a SEG on the ses-BB FLAIR series, a summary page,
                                    header-only copies of the ses-BB FLAIR series (for the signed SEG and SR)
@@ -34,14 +34,17 @@ from typing import Callable
 import numpy as np
 
 from msvol.config import Params
-from msvol.datatypes import (CHANGE_MAP_VALUES, IntervalImages, IntervalResult, LesionMap, Patient, PreparedVisit,
-                             QCFlag, Rigid, Visit, Volume)
+from msvol.datatypes import (CHANGE_MAP_VALUES, REVIEWED_STATUSES, AtrophyResult, IntervalImages, IntervalResult,
+                             LesionMap, Patient, PreparedVisit, QCFlag, Rigid, Visit, Volume)
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
 from msvol.outputs import dicom as dicom_export, dicom_source, html, report
 from msvol.stages import atlas, atrophy, lesions, preprocess, register, segment
 
 Progress = Callable[[str], None]
+# Hidden folders beside OUT/sub-XX while it is written: f".sub-XX{STAGING}{pid}" (the new result being
+# written) and f".sub-XX{RETIRED}{pid}" (the old one during the swap). ops.batch sweeps those of a dead run.
+STAGING, RETIRED = ".partial-", ".replaced-"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -116,20 +119,42 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     both_brain = masks[0].data & masks[1].data
     correlation = register.alignment_correlation(flairs[0].data, flairs[1].data, both_brain)
     years = (followup.date - baseline.date).days / 365.25
-    result = atrophy.measure_pbvc(t1s[0], t1s[1], masks[0], masks[1], years=years,
-                                  alignment_correlation=correlation, params=params.atrophy)
+    result = measure_interval_pbvc(baseline, followup, years=years, flair_correlation=correlation, params=params)
+    probabilities = [on_grid(lesion_map.probability, pull).data
+                     for lesion_map, (_, pull) in zip((baseline_lesions, followup_lesions), pulls)]
     changes = lesions.match_lesions(baseline_lesions, followup_lesions, labels[0].data, labels[1].data,
-                                    params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+                                    params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3,
+                                    baseline_probability=probabilities[0], followup_probability=probabilities[1])
     change_probability = None
     if change_model is not None and params.lesions.use_change_model:
         change_probability = segment.predict_change((flairs[0].data, flairs[1].data), (t1s[0].data, t1s[1].data),
                                                     both_brain, params.segment, change_model)
     changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
-    flags = _interval_flags(baseline, followup, correlation, years, params)
+    flags = _interval_flags(baseline, followup, result.alignment_correlation, years, params)
     images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1],
                             halfway_to_followup=to_followup.matrix)
     return IntervalResult(baseline.session, followup.session, result, changes, flags), images
+
+
+PBVC_GRID_MARGIN_MM = 15.0  # around the baseline brain mask: half the head motion between visits and more
+
+
+def measure_interval_pbvc(baseline: PreparedVisit, followup: PreparedVisit, *, years: float,
+                          flair_correlation: float, params: Params) -> AtrophyResult:
+    """PBVC from the T1s alone: their own rigid registration and halfway space on the baseline T1 grid
+    (cropped to the brain), masks from each visit's T1, so neither the FLAIRs nor their grids enter it
+    (issue 12). The result's alignment correlation is the lower of the FLAIR and T1 halfway correlations."""
+    baseline_to_followup = register.fit_rigid(baseline.t1, followup.t1, params.register,
+                                              fixed_mask=baseline.t1_brain_mask.data,
+                                              moving_mask=followup.t1_brain_mask.data)
+    grid = register.bounding_grid(baseline.t1_brain_mask, PBVC_GRID_MARGIN_MM)
+    pulls = zip((baseline, followup), register.halfway(baseline_to_followup))
+    t1s, masks = zip(*[(register.resample(visit.t1, pull, *grid), register.resample(visit.t1_brain_mask, pull, *grid))
+                       for visit, pull in pulls])
+    t1_correlation = register.alignment_correlation(t1s[0].data, t1s[1].data, masks[0].data & masks[1].data)
+    return atrophy.measure_pbvc(t1s[0], t1s[1], masks[0], masks[1], years=years,
+                                alignment_correlation=min(flair_correlation, t1_correlation), params=params.atrophy)
 
 
 def _interval_flags(baseline: PreparedVisit, followup: PreparedVisit, correlation: float, years: float,
@@ -203,10 +228,19 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
             result, images = analyse_interval(prepared[first], prepared[second], lesion_maps[first],
                                               lesion_maps[second], params, resources.change_model)
         intervals.append(result)
-        reviewed = [change.id for change in result.changes if change.status in ("new", "enlarging")]
+        reviewed = [change.id for change in result.changes if change.status in REVIEWED_STATUSES]
         with _timed(timings, "report"):
             thumbnails[(result.from_session, result.to_session)] = html.lesion_thumbnails(images, reviewed)
             viewers[(result.from_session, result.to_session)] = _viewer_images(images, result)
+
+    # per-visit lesion counts read all visits together (lesions.countable_lesions)
+    seen_elsewhere = [set() for _ in prepared]
+    for (first, second), result in zip(interval_pairs(len(prepared)), intervals):
+        confirmed = lesions.confirmed_labels(result.changes)
+        seen_elsewhere[first] |= confirmed[0]
+        seen_elsewhere[second] |= confirmed[1]
+    measures = [dataclasses.replace(measure, lesion_count=lesions.countable_lesions(lesion_map, seen, params.lesions))
+                for measure, lesion_map, seen in zip(measures, lesion_maps, seen_elsewhere)]
 
     subject_flags = list(patient.ingest_flags)
     for visit in prepared:
@@ -342,7 +376,7 @@ def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force:
                       keep_previous: Path | None = None, blobs: dict[str, bytes] | None = None) -> None:
     """Write everything (texts, binary blobs, volumes, then each writer(staging / its relative path)) into
     a hidden staging folder, then rename it to `final` in one step."""
-    staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    staging = final.with_name(f".{final.name}{STAGING}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -362,7 +396,7 @@ def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force:
         if keep_previous is None and any((final / name).exists() for name in ("final", "review")):
             # a reviewer's decisions and signed reports are never deleted, --force or not
             keep_previous = final.parent / "previous" / f"{final.name}-{time.strftime('%Y%m%dT%H%M%S')}"
-        retired = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+        retired = final.with_name(f".{final.name}{RETIRED}{os.getpid()}")
         final.rename(retired)
         staging.rename(final)
         if keep_previous is None:

@@ -32,6 +32,17 @@ def _volume(data, affine=None, kind="probability") -> Volume:
     return Volume(np.asarray(data), _affine() if affine is None else np.asarray(affine, float), kind)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def settled_inputs():
+    """Test data is written a moment before `msvol run` reads it: without this, the default quiet period
+    (--settle-minutes 5, docs/OPERATIONS.md) would leave every exam "settling". Tests of settling pass
+    --settle-minutes (or BatchSettings) explicitly, which wins over the environment. Session scope: the
+    module-scoped runs of the end-to-end test are set up before any function-scoped fixture."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSVOL_SETTLE_MINUTES", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def make_affine():
     return _affine

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 from msvol.cli import main
+from msvol.datatypes import CHANGE_MAP_VALUES, REVIEWED_STATUSES
 from msvol.ingest import bids
 from msvol.synth import dicom as synth_dicom
 
@@ -64,12 +65,11 @@ def test_output_contract(run_output):
         assert all(image.get_data_dtype() == np.uint8 for image in images.values())
         assert len({image.shape for image in images.values()}) == 1
         classes = set(np.unique(np.asarray(images["changes"].dataobj))) - {0}
-        expected = {code for status, code in (("new", 1), ("enlarging", 2), ("shrinking", 3), ("resolved", 3),
-                                              ("stable", 4)) if interval["counts"][status]}
+        expected = {code for status, code in CHANGE_MAP_VALUES.items() if interval["counts"][status]}
         assert classes == expected
         space = json.loads((subject / viewer["space"]).read_text())
         assert np.allclose(np.array(space["halfway_to_followup"]) @ np.array(space["followup_to_halfway"]), np.eye(4))
-        reviewed = {str(lesion["id"]) for lesion in interval["lesions"] if lesion["status"] in ("new", "enlarging")}
+        reviewed = {str(lesion["id"]) for lesion in interval["lesions"] if lesion["status"] in REVIEWED_STATUSES}
         assert set(interval["files"].get("thumbnails", {})) == reviewed
         for path in interval["files"].get("thumbnails", {}).values():
             assert (subject / path).read_bytes().startswith(b"\x89PNG")

@@ -12,7 +12,15 @@ from click.testing import CliRunner
 
 from msvol.cli import main
 from msvol.errors import InputError
-from msvol.evaluate import SIZE_BINS_MM3, evaluate, render_table, score_new_lesions, score_scan
+from msvol.evaluate import (
+    SIZE_BINS_MM3,
+    evaluate,
+    render_table,
+    score_enlarging,
+    score_new_lesions,
+    score_scan,
+)
+from msvol.evaluate_lesions import score_shrinking_resolved
 
 SHAPE = (20, 20, 20)
 AFFINE = np.array([[2.0, 0, 0, -20], [0, 2, 0, -30], [0, 0, 2, 10], [0, 0, 0, 1]])  # voxel = 8 mm3
@@ -284,3 +292,149 @@ def test_evaluate_without_truth_label_maps_exits_2_naming_the_folder(tmp_path):
     result = invoke("evaluate", "--pred", tmp_path / "out", "--truth", tmp_path / "truth")
     assert result.exit_code == 2
     assert str(tmp_path / "truth") in result.stderr and "no truth label maps" in result.stderr
+
+
+# --- issue 12: new lesions by size, candidates, don't-count enlargements, shrinking/resolved calls,
+# scan-rescan and PBVC recovery ---------------------------------------------------------------------
+
+def test_new_lesions_by_size_with_candidates_counted_once_found():
+    """1 mm3 voxels: truth new lesions of 10, 29, 30, 150 and 600 mm3; reported: the 150 and 600 ones and
+    a false one; candidates: on the 10 (label 1), on the 30 (label 2), on nothing (3), on the reported 150 (4)."""
+    shape = (30, 30, 30)
+
+    def box(x0, size):  # size voxels as a 1-voxel-thick bar along x at row x0
+        mask = np.zeros(shape, bool)
+        flat = np.zeros(30 * 30, bool)
+        flat[:size] = True
+        mask[x0] = flat.reshape(30, 30)
+        return mask
+
+    lesions = [box(0, 10), box(3, 29), box(6, 30), box(9, 150), box(12, 600)]
+    truth = np.logical_or.reduce(lesions)
+    predicted = lesions[3] | lesions[4] | box(20, 5)
+    candidates = np.zeros(shape, np.int32)
+    for label, (row, column) in enumerate(((0, 0), (6, 3), (25, 0), (9, 1)), start=1):
+        candidates[row, 0, column] = label
+    new = score_new_lesions(predicted, truth, 1.0, candidates=candidates)
+    assert new["new_by_size"] == {"<30": {"truth": 2, "reported": 0, "reported_or_candidate": 1},
+                                  "30-100": {"truth": 1, "reported": 0, "reported_or_candidate": 1},
+                                  "100-500": {"truth": 1, "reported": 1, "reported_or_candidate": 1},
+                                  ">500": {"truth": 1, "reported": 1, "reported_or_candidate": 1}}
+    assert (new["detected_new"], new["detected_new_or_candidate"], new["truth_new"]) == (2, 4, 5)
+    assert (new["new_sensitivity"], new["new_sensitivity_or_candidate"]) == (0.4, 0.8)
+    assert (new["candidates"], new["false_candidates"], new["false_new"]) == (4, 1, 1)
+    without = score_new_lesions(predicted, truth, 1.0)  # no candidates at all: none
+    assert (without["candidates"], without["detected_new_or_candidate"]) == (0, 2)
+
+
+def test_enlarging_that_does_not_count_is_a_false_enlarging():
+    counting = labels((1, ENLARGING)) > 0
+    merger, stable = labels((1, B)) > 0, labels((1, A)) > 0
+    predicted = counting | merger | stable  # three predicted enlarging lesions
+    result = score_enlarging(predicted, counting, merger)
+    assert (result["truth_enlarging"], result["detected_enlarging"], result["enlarging_sensitivity"]) == (1, 1, 1.0)
+    assert (result["pred_enlarging"], result["false_enlarging"], result["false_enlarging_dont_count"]) == (3, 2, 1)
+
+
+def test_shrinking_and_resolved_calls_are_false_unless_the_truth_lesion_shrank_or_resolved():
+    truth = labels((7, A), (8, B))  # 7 shrank, 8 is stable
+    predicted = labels((1, A), (2, B), (3, C))  # 3: a baseline lesion with no truth behind it
+    calls = [("shrinking", (1,)), ("resolved", (2,)), ("shrinking", (3,)), ("resolved", ())]
+    result = score_shrinking_resolved(calls, predicted, truth, [7])
+    assert result == {"pred_shrinking": 2, "pred_resolved": 2, "false_shrinking": 1, "false_resolved": 2,
+                      "false_shrinking_resolved": 3}
+
+
+# Subject 03 (synth truth): baseline A (1, stable), a small version of ENLARGING (5), MERGER (6), NOISE (7), SHRINK (8).
+MERGER, NOISE, SHRINK = (10, 12, 16, 18, 2, 4), (16, 19, 10, 13, 16, 19), (6, 9, 8, 10, 15, 18)
+FATES_03 = {"1": "stable", "2": "new", "3": "new", "5": "enlarging", "6": "enlarging_by_merger",
+            "7": "enlarging_below_noise", "8": "shrinking"}
+
+
+def write_subject_03(pred_root, truth_root, candidates: str) -> None:
+    folder = truth_root / "derivatives" / "truth" / "sub-03"
+    save(labels((1, A), (5, (2, 4, 14, 16, 14, 16)), (6, MERGER), (7, NOISE), (8, SHRINK)),
+         folder / "sub-03_ses-01_lesions.nii.gz")
+    save(labels((1, A), (2, NEW_LARGE), (3, NEW_SMALL), (5, ENLARGING), (6, MERGER), (7, NOISE),
+                (8, (6, 8, 8, 10, 15, 18))), folder / "sub-03_ses-02_lesions.nii.gz")
+    (folder / "sub-03_truth.json").write_text(json.dumps({"intervals": [
+        {"from_session": "01", "to_session": "02", "pbvc_percent": -1.0, "fates": FATES_03}]}))
+    subject = pred_root / "sub-03"
+    save(labels((1, A), (2, MERGER), (3, SHRINK), (4, (17, 19, 0, 2, 0, 2))), subject / "ses-01" / "lesions.nii.gz")
+    followup = labels((1, A), (2, NEW_LARGE), (9, NEW_SMALL), (5, ENLARGING), (6, MERGER), (7, NOISE))
+    save(followup, subject / "ses-02" / "lesions.nii.gz")
+    interval = subject / "intervals" / "ses-01_to_ses-02"
+    save(labels((2, NEW_LARGE)), interval / "new_lesions.nii.gz")
+    save(labels((5, ENLARGING), (6, MERGER), (7, NOISE)), interval / "enlarging_lesions.nii.gz")
+    calls = [{"id": 3, "status": "shrinking", "baseline_labels": [3]}, {"id": 20, "status": "resolved",
+                                                                         "baseline_labels": [4]},
+             {"id": 1, "status": "shrinking", "baseline_labels": [1]}]
+    entry = {"from_session": "01", "to_session": "02", "pbvc_percent": -0.8, "lesions": calls}
+    small_voxel_mm = (AFFINE @ [15, 2, 10, 1])[:3].tolist()
+    if candidates == "lesions":
+        entry["lesions"] = calls + [{"id": 9, "status": "possible_new", "followup_labels": [9]}]
+    elif candidates == "centroid":
+        entry["candidates"] = [{"centroid_mm": small_voxel_mm}]
+    elif candidates == "map":
+        save(labels((1, NEW_SMALL)), interval / "possible_new_lesions.nii.gz")
+    (subject / "report.json").write_text(json.dumps({"intervals": [entry]}))
+
+
+@pytest.mark.parametrize("candidates", ["lesions", "centroid", "map", "none"])
+def test_candidates_enlarging_and_calls_through_evaluate(tmp_path, candidates):
+    write_subject_03(tmp_path / "out", tmp_path / "bids", candidates)
+    result = evaluate(tmp_path / "out", tmp_path / "bids")
+    (pair,) = result["pairs"]
+    found = 1 if candidates == "none" else 2
+    assert (pair["truth_new"], pair["detected_new"], pair["detected_new_or_candidate"]) == (2, 1, found)
+    assert pair["candidates"] == found - 1 and pair["false_candidates"] == 0
+    assert pair["new_by_size"]["<30"] == {"truth": 1, "reported": 0, "reported_or_candidate": found - 1}
+    assert pair["new_by_size"]["100-500"] == {"truth": 1, "reported": 1, "reported_or_candidate": 1}
+    # enlarging: 5 found; the predictions on the merger (6) and the below-noise growth (7) are false
+    assert (pair["truth_enlarging"], pair["detected_enlarging"], pair["false_enlarging"],
+            pair["false_enlarging_dont_count"]) == (1, 1, 2, 2)
+    # calls: shrinking of 8 (true); resolved of a baseline false positive and shrinking of stable A (false)
+    assert (pair["pred_shrinking"], pair["false_shrinking"], pair["pred_resolved"], pair["false_resolved"]) == (
+        2, 1, 1, 1)
+    assert pair["pbvc_recovery"] == pytest.approx(0.8) and not pair["scan_rescan"] and pair["rescan"] is None
+    overall = result["overall"]
+    assert overall["new_by_size"]["<30"]["sensitivity_reported"] == 0.0
+    assert overall["new_by_size"]["<30"]["sensitivity_reported_or_candidate"] == (0.0 if candidates == "none" else 1.0)
+    assert overall["new_sensitivity_or_candidate_below_100"] == overall["new_by_size"]["<30"][
+        "sensitivity_reported_or_candidate"]
+    assert overall["mean_candidates_per_pair"] == found - 1
+    assert (overall["mean_false_enlarging_per_pair"], overall["mean_false_shrinking_resolved_per_pair"]) == (2.0, 2.0)
+    assert overall["median_pbvc_recovery"] == pytest.approx(0.8)
+    assert "<30 0 / " in render_table(result)
+
+
+def test_scan_rescan_pair_reports_count_and_volume_differences(tmp_path):
+    folder = tmp_path / "bids" / "derivatives" / "truth" / "sub-04"
+    for session in ("01", "02"):
+        save(labels((1, A), (2, B)), folder / f"sub-04_ses-{session}_lesions.nii.gz")
+    (folder / "sub-04_truth.json").write_text(json.dumps({"intervals": [
+        {"from_session": "01", "to_session": "02", "pbvc_percent": 0.0, "scan_rescan": True,
+         "fates": {"1": "stable", "2": "stable"}}]}))
+    subject = tmp_path / "out" / "sub-04"
+    save(labels((1, A), (2, B)), subject / "ses-01" / "lesions.nii.gz")  # 152 voxels = 1216 mm3
+    save(labels((1, A), (2, B), (3, BELOW_MIN)), subject / "ses-02" / "lesions.nii.gz")  # one voxel more
+    save(labels((1, BELOW_MIN)), subject / "intervals" / "ses-01_to_ses-02" / "new_lesions.nii.gz")
+    (subject / "report.json").write_text(json.dumps({
+        "timepoints": [{"session": "01", "lesion_count": 2, "lesion_volume_ml": 1.216},
+                       {"session": "02", "lesion_count": 3, "lesion_volume_ml": 1.224}],
+        "intervals": [{"from_session": "01", "to_session": "02", "pbvc_percent": -0.05, "lesions": []}]}))
+    result = evaluate(tmp_path / "out", tmp_path / "bids")
+    (pair,) = result["pairs"]
+    assert pair["scan_rescan"] and pair["pbvc_recovery"] is None and pair["false_new"] == 1
+    rescan = pair["rescan"]
+    assert rescan["counts"] == [2, 3] and rescan["count_difference"] == 1
+    assert rescan["volumes_mm3"] == [1216.0, 1224.0]
+    assert rescan["volume_difference_percent"] == pytest.approx(100 * 8 / 1216)
+    assert rescan["report_count_difference"] == 1
+    assert rescan["report_volume_difference_percent"] == pytest.approx(100 * 8 / 1216)
+    assert rescan["abs_pbvc_percent"] == pytest.approx(0.05)
+    overall = result["overall"]
+    assert (overall["scan_rescan_pairs"], overall["scan_rescan_max_abs_count_difference"]) == (1, 1)
+    assert overall["scan_rescan_mean_abs_pbvc_percent"] == pytest.approx(0.05)
+    assert overall["false_shrinking_resolved"] == 0 and overall["pairs_with_calls"] == 1
+    assert "Scan-rescan sub-04 ses-01->ses-02: lesions 2 -> 3" in render_table(result)

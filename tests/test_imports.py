@@ -31,19 +31,28 @@ ATLAS = "stages.atlas"  # the MNI template loader: a leaf inside stages, used by
 # part -> (parts and modules it may import besides the leaves, or None for "anything not forbidden"; forbidden)
 RULES = {
     "config": (set(), set()), "datatypes": (set(), set()), "errors": (set(), set()),
-    "ingest": ({"ingest"}, {"stages", "outputs", "pipeline", "review", "ops", "batch", "cli"}),
+    "ingest": ({"ingest"}, {"stages", "outputs", "pipeline", "review", "ops", "cli"}),
     "stages": ({"models", ATLAS}, {"pipeline", "outputs", "cli"}),
-    "outputs": ({"outputs"}, {"stages", "pipeline", "review", "ops", "batch", "cli"}),
+    "outputs": ({"outputs"}, {"stages", "pipeline", "review", "ops", "cli"}),
     "models": (set(), set()),
-    "synth": ({"synth", "models", ATLAS}, {"pipeline", "cli", "review", "ops", "batch"}),
-    "training": ({"training", "synth", "models"}, {"pipeline", "cli", "review", "ops", "batch"}),
-    "evaluate": (set(), {"pipeline", "cli"}),
-    "pipeline": ({"ingest", "stages", "outputs", "models"}, {"review", "ops", "batch", "cli"}),
+    "synth": ({"synth", "models", ATLAS}, {"pipeline", "cli", "review", "ops"}),
+    "training": ({"training", "synth", "models"}, {"pipeline", "cli", "review", "ops"}),
+    "evaluate": ({"evaluate_io", "evaluate_lesions", "evaluate_table"}, {"pipeline", "cli"}),
+    # msvol.evaluate split by responsibility: reading, array scores, the text table (leaves besides)
+    "evaluate_io": (set(), {"pipeline", "cli"}),
+    "evaluate_lesions": (set(), {"pipeline", "cli"}),
+    "evaluate_table": (set(), {"pipeline", "cli"}),
+    "pipeline": ({"ingest", "stages", "outputs", "models"}, {"review", "ops", "cli"}),
     # the reader's loop reads report.json and label files; never the pipeline, its stages or torch
-    "review": ({"review", "outputs"}, {"pipeline", "stages", "ingest", "models", "training", "synth", "batch", "cli"}),
-    "batch": (None, {"cli"}),  # moves to ops/ with the operations issue
+    "review": ({"review", "outputs"}, {"pipeline", "stages", "ingest", "models", "training", "synth", "ops", "cli"}),
+    # runs the pipeline over many exams: states, claims and findings in the store; the cohort reads the report
+    # schema's constants (outputs); never the commands (a scheduler imports ops without click)
+    "ops": ({"ops", "pipeline", "ingest", "outputs", "review.store", "review.findings"},
+            {"cli", "cli_review", "cli_cohort", "cli_progress", "stages", "models", "training", "synth"}),
     "cli": (None, set()),
     "cli_review": (None, set()),  # the reader's commands, added to cli's group
+    "cli_progress": (None, set()),  # what `msvol run` shows on the terminal
+    "cli_cohort": (None, set()),  # the researcher's cohort command, added to cli's group
 }
 
 
@@ -140,8 +149,12 @@ def test_the_table_check_catches_a_violation():
     assert violations("stages.lesions", imports_in("from msvol.stages import register")) == [
         "msvol.stages.lesions (line 1) imports msvol.stages.register: a stage never imports another stage"]
     assert violations("stages.segment", imports_in("from msvol.models import bundle\nfrom msvol.stages import atlas")) == []
-    assert violations("pipeline", imports_in("from msvol import batch\nfrom msvol.stages import segment")) == [
-        "msvol.pipeline (line 1) imports msvol.batch"]
+    assert violations("pipeline", imports_in("from msvol.ops import batch\nfrom msvol.stages import segment")) == [
+        "msvol.pipeline (line 1) imports msvol.ops.batch"]
+    assert violations("ops.batch", imports_in("from msvol.review import store, findings\nfrom msvol import pipeline")) \
+        == []
+    assert violations("ops.batch", imports_in("from msvol import cli\nfrom msvol.review import decisions")) == [
+        "msvol.ops.batch (line 1) imports msvol.cli", "msvol.ops.batch (line 2) imports msvol.review.decisions"]
     assert violations("config", imports_in("import msvol.ingest.bids")) == ["msvol.config (line 1) imports msvol.ingest.bids"]
     assert violations("outputs.html", imports_in("from msvol.stages import lesions")) == [
         "msvol.outputs.html (line 1) imports msvol.stages.lesions"]

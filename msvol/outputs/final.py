@@ -63,7 +63,8 @@ import markupsafe
 from msvol.outputs.html import trend_svg
 
 FINAL_SCHEMA_VERSION = "final-1.0"
-COUNT_CLASSES = ("new", "enlarging", "shrinking", "resolved", "stable")
+COUNT_CLASSES = ("new", "enlarging", "shrinking", "resolved", "stable", "possible_new")
+COUNT_LABELS = {"possible_new": "Possible new, not counted"}
 DECISIONS = ("confirmed", "rejected", "reclassified", "added", "mask_edited", "pending")
 PBVC_DECISIONS = ("accepted", "overruled", "pending")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -237,8 +238,9 @@ def _comparison_rows(interval: dict) -> list[tuple[str, str, str, bool]]:
     """(measure, automated, confirmed, changed) for the side-by-side table."""
     automated, confirmed = interval["automated"], interval["confirmed"]
     overruled = interval["pbvc_decision"]["decision"] == "overruled"
-    rows = [(f"{name.capitalize()} lesions (n)", str(automated["counts"][name]), str(confirmed["counts"][name]),
-             automated["counts"][name] != confirmed["counts"][name]) for name in COUNT_CLASSES]
+    rows = [(f"{COUNT_LABELS.get(name, name.capitalize())} lesions (n)", str(automated["counts"].get(name, 0)),
+             str(confirmed["counts"].get(name, 0)), automated["counts"].get(name, 0) != confirmed["counts"].get(name, 0))
+            for name in COUNT_CLASSES]
     for key, label in (("new_volume_mm3", "New lesion volume (mm\u00b3)"),
                        ("enlarging_volume_mm3", "Enlarging lesion volume (mm\u00b3)")):
         rows.append((label, _number(automated[key], "{:.1f}"), _number(confirmed[key], "{:.1f}"),

@@ -23,12 +23,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from msvol.datatypes import IntervalImages
+from msvol.datatypes import REVIEWED_STATUSES, IntervalImages
 
 UPSCALE = 3  # nearest-neighbour zoom of every thumbnail pixel
 PANEL_GAP_PX = 4  # black gap between panels, in output pixels
 OUTLINE_RGB = (255, 215, 0)  # gold: visible on grey FLAIR and for red-green colour blindness
-REVIEWED_STATUSES = ("new", "enlarging")  # the lesions a radiologist confirms, each with a thumbnail
 DATE_LABEL_WIDTH_PX = 70  # an ISO date at font-size 11 plus a gap: closer date labels would overlap
 
 

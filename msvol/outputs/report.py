@@ -4,7 +4,7 @@ The report model is the output contract other tools depend on (schema_version be
 `subject`, `timepoints` (session, date, volumes, acquisition: scanner and FLAIR series), `intervals` (from_session, to_session,
 years, pbvc_percent, pbvc_annualized_percent, counts, lesions, qc_flags), `qc_flags`,
 the effective parameters and their hash, and a methods paragraph with references.
-Every new or enlarging lesion carries `review: {"decision": "pending"}` for the radiologist and
+Every new, enlarging or possible new lesion carries `review: {"decision": "pending"}` for the radiologist and
 every lesion a `confidence` (0-1, msvol.stages.lesions.fuse_change; null when no model gave one).
 """
 
@@ -18,12 +18,13 @@ import json
 
 from msvol import __version__
 from msvol.config import Params, field_sources
-from msvol.datatypes import Acquisition, IntervalResult, QCFlag, TimepointMeasures
+from msvol.datatypes import REVIEWED_STATUSES, Acquisition, IntervalResult, QCFlag, TimepointMeasures
 
 # 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"; 1.3: timepoint files name the
 # bias-corrected FLAIR ("flair"), interval files the lesion thumbnails ("thumbnails": id -> PNG), and
-# "provenance" the model versions and input image hashes
-SCHEMA_VERSION = "1.3"
+# "provenance" the model versions and input image hashes; 1.4: lesions may be "possible_new" (a candidate below
+# the reporting operating point, for the reader; counts["possible_new"], never in the other counts)
+SCHEMA_VERSION = "1.4"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -55,7 +56,7 @@ REFERENCES = {
 }
 INTERVAL_CSV_COLUMNS = ("subject", "from_session", "to_session", "years", "pbvc_percent", "pbvc_annualized_percent",
                         "alignment_correlation", "new", "enlarging", "shrinking", "resolved", "stable",
-                        "qc_flags")
+                        "possible_new", "qc_flags")
 
 
 def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: list[IntervalResult],
@@ -96,7 +97,7 @@ def build_report(subject: str, timepoints: list[TimepointMeasures], intervals: l
             "alignment_correlation": round(atrophy.alignment_correlation, 4),
             "boundary_shift_ml": round(atrophy.boundary_shift_ml, 3),
             "counts": {"new": counts.new, "enlarging": counts.enlarging, "shrinking": counts.shrinking,
-                       "resolved": counts.resolved, "stable": counts.stable},
+                       "resolved": counts.resolved, "stable": counts.stable, "possible_new": counts.possible_new},
             "lesions": [_lesion_model(change) for change in interval.changes],
             "qc_flags": [dataclasses.asdict(flag) for flag in interval.qc_flags],
             "files": interval_files.get((interval.from_session, interval.to_session), {}),
@@ -153,7 +154,7 @@ def _lesion_model(change) -> dict:
         "confluent": change.confluent,
         "confidence": change.confidence,
     }
-    if change.status in ("new", "enlarging"):
+    if change.status in REVIEWED_STATUSES:
         model["review"] = {"decision": "pending"}
     return model
 

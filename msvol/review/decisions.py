@@ -57,8 +57,9 @@ def decide(store: Store, subject: str, key: str, action: str, *, reviewer: str, 
         if action not in allowed:
             raise InputError(f"{key} is a {'PBVC' if kind == 'pbvc' else 'lesion'} finding: decide it with "
                              f"{' / '.join(allowed)}, not {action}")
-        if action == "confirm":
+        if action == "confirm":  # a confirmed possible new lesion is a new one: now it counts
             status, reason = view.current_status or view.finding.automated_status, None
+            status = "new" if status == "possible_new" else status
         elif action == "reject":
             status, reason = None, normalise_reason(reason or "")
         elif action == "reclassify":

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from msvol.errors import InputError, UnknownIdError
 from msvol.review.store import AnalysisRun, AuditEntry, Decision, Finding, SessionRow, SignOff, Store, Subject, now
 
-LESION_FINDINGS = ("new", "enlarging", "shrinking", "resolved")
+LESION_FINDINGS = ("new", "enlarging", "shrinking", "resolved", "possible_new")
 MUST_DECIDE = ("new", "enlarging")  # sign-off needs a decision on every one of these
 
 

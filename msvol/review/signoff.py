@@ -30,7 +30,6 @@ from msvol.review.store import AnalysisRun, AuditEntry, SignOff, Store, Subject,
 SCHEMA_VERSION = "final-1.0"
 DECISION_WORDS = {None: "pending", "confirm": "confirmed", "reject": "rejected", "reclassify": "reclassified",
                   "edit_mask": "mask_edited", "add": "added", "accept": "accepted", "overrule": "overruled"}
-COUNTED = ("new", "enlarging", "shrinking", "resolved", "stable")
 
 
 def sign_off(store: Store, subject: str, *, reviewer: str, amend_reason: str | None = None,

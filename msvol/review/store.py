@@ -1,4 +1,5 @@
-"""The findings store: subjects, sessions, analysis runs, findings, decisions, sign-offs, audit log.
+"""The findings store: subjects, sessions, analysis runs, findings, decisions, sign-offs, audit log (and the
+exam states and claims of `msvol run`, see msvol/ops/states.py).
 
 SQLAlchemy 2 models; the schema is created and upgraded by the Alembic migrations in
 msvol/review/migrations (never by `create_all`), so SQLite (default: OUT/msvol.db) and any other
@@ -154,6 +155,40 @@ class AuditEntry(Base):
     before: Mapped[dict | None]
     after: Mapped[dict | None]
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+# The exam states and claims of `msvol run` (migration 0003; their protocol is in msvol/ops/states.py and
+# msvol/ops/claims.py, which alone write them).
+class ExamState(Base):
+    __tablename__ = "exam_states"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam: Mapped[str] = mapped_column(String(160), unique=True)
+    subject: Mapped[str] = mapped_column(String(80), index=True)
+    session: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    last_change_at: Mapped[dt.datetime]
+    seen_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    crash_file: Mapped[str | None] = mapped_column(Text)
+    run: Mapped[str | None] = mapped_column(String(64))
+
+
+class ClaimRow(Base):
+    __tablename__ = "claims"
+    subject: Mapped[str] = mapped_column(String(80), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    boot_id: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int]
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
+    lease_s: Mapped[float] = mapped_column(Float)
+    revision: Mapped[int]
+    keep_previous: Mapped[str | None] = mapped_column(Text)
 
 
 @dataclass(frozen=True)

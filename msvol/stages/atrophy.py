@@ -1,19 +1,23 @@
 """Atrophy: percent brain volume change (PBVC) per interval, and cross-sectional volumes per visit.
 
 PBVC is a boundary shift integral (BSI; Freeborough & Fox 1997) with tissue-specific intensity
-normalisation (KN-BSI; Leung et al. 2010), computed on the two T1s in their halfway space:
-1. the baseline T1 is normalised so that its CSF class mean is 0 and its WM class mean is 1
-   (3-class k-means inside the dilated brain mask); the follow-up is mapped linearly onto it
-   using medians over voxels that are pure CSF and pure tissue at both visits;
-2. the boundary region is the union of both tissue masks dilated by `boundary_width_voxels`
-   minus their intersection eroded by as much: every tissue/CSF edge (cortex, sulci, ventricles);
-3. intensities are clipped to a window strictly between the CSF and GM means; the summed
-   clipped difference, divided by the window width, is the tissue volume lost.
-Why BSI: an edge that moves by d shifts its whole intensity profile, and the integral of the
-clipped difference is d times the edge area whatever the exact window, so the figure does not
-depend on where a brain mask's edge sits (the weakness of Jacobian averaging over a mask), and
-it needs only a rigid registration (seconds, not minutes of SyN).
-PBVC = -BSI / baseline brain tissue volume x 100 (negative = loss).
+normalisation (KN-BSI; Leung et al. 2010) on the two T1s in their own halfway space (T1-driven, so
+nothing here depends on the FLAIR). Vocabulary:
+- *reference voxels*: voxels that are pure CSF ("dark": ventricle interiors) or pure white matter
+  ("bright") at both visits, `reference_erosion_voxels` away from any edge of either. Atrophy moves
+  edges; it does not change these voxels, so they alone may tell the scanners' intensity scales apart.
+- *intensity matching*: the follow-up is mapped onto the baseline by the line through the two pairs of
+  reference means, and by a smooth multiplicative field (differential bias correction, DBC: the
+  follow-up/baseline ratio over the bright reference voxels, smoothed by normalised convolution with a
+  Gaussian of `bias_smoothing_mm`). N4 leaves a residual field that differs between visits and follows
+  the anatomy (issue 12: without DBC, N4 alone made a noise-only pair over-read by 5 %).
+- *levels*: C, the baseline's mean over dark reference voxels (pure CSF); G, its grey-matter class mean
+  (3-class k-means). k-means' CSF centre is not used: partial volume pulls it to ~20 % tissue.
+- *window*: intensities are clipped to C + m (G - C) .. C + (1 - m)(G - C), m = `window_margin_fraction`.
+- *boundary region*: both tissue masks (intensity above (C + G) / 2 inside each brain mask), their
+  union dilated by `boundary_width_voxels` minus their intersection eroded by as much.
+BSI = summed clipped difference / window width x voxel volume; PBVC = -BSI / baseline tissue volume x 100,
+where the tissue volume is the partial-volume fraction (C -> 0, G -> 1, clipped) summed over the baseline mask.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from msvol.datatypes import AtrophyResult, LesionMap, TimepointMeasures, Volume
 from msvol.errors import InputError
 
 METHODS = ("Brain volume change was measured as a boundary shift integral with tissue-specific intensity "
-           "normalisation on the two T1s in halfway space [freeborough1997, leung2010]; normalised brain "
-           "volume and intracranial volume use the affine scaling to the MNI ICBM152 template [buckner2004].")
-_WINDOW_MARGIN = 0.2  # fraction of the CSF-GM gap kept clear of each class mean, so noise rarely clips
+           "normalisation and differential bias correction on the two T1s, rigidly registered into their own "
+           "halfway space [freeborough1997, leung2010]; normalised brain volume and intracranial volume use the "
+           "affine scaling to the MNI ICBM152 template [buckner2004].")
+_MIN_REFERENCE_VOXELS = 200  # fewer pure voxels than this cannot fix a mean to 0.1 % of the CSF-WM contrast
+_FIELD_BLOCK_MM = 4.0  # DBC is computed on blocks of about this size: the field is smooth on 10 mm
 
 
 def tissue_means(image: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> tuple[float, float, float]:
@@ -50,7 +56,7 @@ def tissue_means(image: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> tuple
 
 
 def normalize_t1(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """T1 scaled to CSF = 0, WM = 1; returns it and the normalised GM mean."""
+    """T1 scaled to CSF = 0, WM = 1 (k-means class means); returns it and the normalised GM mean."""
     csf, gm, wm = tissue_means(image, mask)
     normalized = (image.astype(np.float32) - csf) / (wm - csf)
     return normalized, (gm - csf) / (wm - csf)
@@ -68,27 +74,114 @@ def tissue_volume_ml(normalized_t1: np.ndarray, mask: np.ndarray, gm_level: floa
     return float(fraction.sum() * voxel_mm3 / 1000)
 
 
-def _match_intensities(followup: np.ndarray, baseline_normalized: np.ndarray, common_mask: np.ndarray,
-                       gm_level: float) -> np.ndarray:
-    """Follow-up T1 mapped linearly onto the normalised baseline, fitted on the same voxels.
+def reference_voxels(baseline: np.ndarray, followup: np.ndarray, common_mask: np.ndarray,
+                     levels: tuple[float, float, float], erosion_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dark, bright): pure CSF and pure WM at both visits, `erosion_voxels` inside each class at each visit.
 
-    The two reference levels are medians over voxels that are pure CSF (ventricle interiors) and
-    pure tissue at both visits, 2 voxels away from any edge: the same anatomy in both images, so
-    atrophy and partial volume cannot bias the fit (per-image k-means means can, and a 0.5 %
-    offset already moves PBVC by ~0.1 percentage point).
+    `followup` must already be on the baseline's intensity scale (roughly); `levels` are its CSF, GM, WM.
+    Dark voxels come from inside the common mask (ventricles); where there are too few (a brain without
+    ventricles), from a 4-voxel shell around it. Raises InputError when either set stays too small.
     """
-    interior = ndimage.binary_erosion(common_mask, iterations=2)
-    is_tissue = baseline_normalized > gm_level / 2
-    pure_tissue = interior & ndimage.binary_erosion(is_tissue, iterations=2)
-    pure_csf = interior & ndimage.binary_erosion(~is_tissue, iterations=2)
-    if pure_csf.sum() < 100:  # no ventricles inside the mask (a phantom): use the CSF around the brain
-        pure_csf = ndimage.binary_dilation(common_mask, iterations=4) & ndimage.binary_erosion(~is_tissue, iterations=2)
-    if pure_tissue.sum() < 100 or pure_csf.sum() < 100:
-        raise InputError("too few pure CSF or tissue voxels to match T1 intensities between visits")
-    levels_base = [np.median(baseline_normalized[pure_csf]), np.median(baseline_normalized[pure_tissue])]
-    levels_follow = [np.median(followup[pure_csf]), np.median(followup[pure_tissue])]
-    scale = (levels_base[1] - levels_base[0]) / (levels_follow[1] - levels_follow[0])
-    return ((followup - levels_follow[0]) * scale + levels_base[0]).astype(np.float32)
+    csf, gm, wm = levels
+    dark_cut, bright_cut = csf + 0.5 * (gm - csf), gm + 0.5 * (wm - gm)
+    inner = ndimage.binary_erosion(common_mask)
+    dark_both = ndimage.binary_erosion((baseline < dark_cut) & (followup < dark_cut), iterations=erosion_voxels)
+    dark = dark_both & inner
+    if dark.sum() < _MIN_REFERENCE_VOXELS:
+        shell = ndimage.binary_dilation(common_mask, iterations=4) & ~ndimage.binary_erosion(common_mask, iterations=2)
+        dark = dark_both & shell
+    bright = ndimage.binary_erosion((baseline > bright_cut) & (followup > bright_cut), iterations=erosion_voxels)
+    bright &= inner
+    if dark.sum() < _MIN_REFERENCE_VOXELS or bright.sum() < _MIN_REFERENCE_VOXELS:
+        raise InputError(f"too few voxels of pure CSF ({dark.sum()}) or pure white matter ({bright.sum()}) at both "
+                         f"visits to match the T1 intensities (at least {_MIN_REFERENCE_VOXELS} each are needed)")
+    return dark, bright
+
+
+def _grey_voxels(baseline: np.ndarray, followup: np.ndarray, common_mask: np.ndarray,
+                 levels: tuple[float, float, float]) -> np.ndarray:
+    """Voxels within a quarter of the contrast to CSF and to WM of the GM level at both visits, 1 voxel
+    inside that band at each: the middle of the cortex and the deep grey nuclei, where DBC needs samples."""
+    csf, gm, wm = levels
+    low, high = gm - 0.25 * (gm - csf), gm + 0.25 * (wm - gm)
+    both = (baseline > low) & (baseline < high) & (followup > low) & (followup < high)
+    return ndimage.binary_erosion(both) & common_mask
+
+
+def _block_sum(values: np.ndarray, block: tuple[int, ...]) -> np.ndarray:
+    padded = np.pad(values, [(0, (-n) % k) for n, k in zip(values.shape, block)])
+    shape = [size for n, k in zip(padded.shape, block) for size in (n // k, k)]
+    return padded.reshape(shape).sum(axis=(1, 3, 5))
+
+
+def smooth_within(values: np.ndarray, weight: np.ndarray, *, sigma_mm: float, spacing_mm) -> np.ndarray:
+    """Normalised convolution: the Gaussian-weighted mean of `values` over the voxels where `weight`, on
+    the whole grid; it falls to 0 (no correction) where no weighted voxel lies within a few sigma.
+
+    Computed on blocks of about 4 mm and interpolated back (the result is smooth on sigma >= 8 mm).
+    """
+    spacing = np.asarray(spacing_mm, float)
+    block = tuple(max(1, int(round(_FIELD_BLOCK_MM / s))) for s in spacing)
+    weight = weight.astype(np.float64)
+    numerator = _block_sum(np.where(weight > 0, values, 0.0) * weight, block)
+    denominator = _block_sum(weight, block)
+    sigma = [sigma_mm / (s * k) for s, k in zip(spacing, block)]
+    numerator = ndimage.gaussian_filter(numerator, sigma, mode="constant")
+    denominator = ndimage.gaussian_filter(denominator, sigma, mode="constant")
+    coarse = numerator / (denominator + 1e-3 * denominator.max())
+    field = coarse
+    for axis, (size, k) in enumerate(zip(values.shape, block)):  # linear interpolation, one axis at a time
+        position = np.clip((np.arange(size) - (k - 1) / 2) / k, 0, field.shape[axis] - 1)  # fine -> block coords
+        below = np.minimum(np.floor(position).astype(int), max(field.shape[axis] - 2, 0))
+        above = np.minimum(below + 1, field.shape[axis] - 1)
+        weight_above = (position - below).reshape([-1 if a == axis else 1 for a in range(3)])
+        field = np.take(field, below, axis) * (1 - weight_above) + np.take(field, above, axis) * weight_above
+    return field.astype(np.float32)
+
+
+def _line_through(baseline: np.ndarray, followup: np.ndarray, dark: np.ndarray, bright: np.ndarray):
+    """(scale, offset, baseline CSF mean, baseline WM mean) mapping follow-up onto baseline intensities.
+
+    Means, not medians: the voxels are the same anatomy at both visits, so noise of any level averages
+    out, while a median of a skewed (textured) population moves when the noise level changes.
+    """
+    base = (float(baseline[dark].mean()), float(baseline[bright].mean()))
+    follow = (float(followup[dark].mean()), float(followup[bright].mean()))
+    scale = (base[1] - base[0]) / (follow[1] - follow[0])
+    return scale, base[0] - scale * follow[0], base[0], base[1]
+
+
+def match_followup(baseline: Volume, followup: Volume, baseline_mask: Volume, followup_mask: Volume,
+                   params: AtrophyParams) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The follow-up T1 on the baseline's intensity scale, and the baseline levels (C, G, W).
+
+    Starts from each visit's k-means classes, then twice: reference voxels -> line through their means ->
+    DBC field over the bright ones; a last line fixes the scale after the field. See the module docstring.
+    """
+    csf_b, gm_b, wm_b = tissue_means(baseline.data, baseline_mask.data)
+    csf_f, _, wm_f = tissue_means(followup.data, followup_mask.data)
+    base = baseline.data.astype(np.float32)
+    follow = ((followup.data.astype(np.float32) - csf_f) * ((wm_b - csf_b) / (wm_f - csf_f)) + csf_b)
+    common = baseline_mask.data & followup_mask.data
+    levels = (csf_b, gm_b, wm_b)
+    for step in range(3):
+        dark, bright = reference_voxels(base, follow, common, levels, params.reference_erosion_voxels)
+        scale, offset, csf, wm = _line_through(base, follow, dark, bright)
+        follow = follow * np.float32(scale) + np.float32(offset)
+        levels = (csf, gm_b, wm)
+        if step == 2 or not params.bias_smoothing_mm:
+            continue
+        log_ratio = np.log(np.maximum(follow, 1e-6) / np.maximum(base, 1e-6))
+        # a voxel that changed (a new T1-dark lesion, a misregistered edge) is not bias: drop it (> 3 robust SD)
+        middle = np.median(log_ratio[bright])
+        spread = 1.4826 * np.median(np.abs(log_ratio[bright] - middle))
+        use = (bright | _grey_voxels(base, follow, common, levels)) & (np.abs(log_ratio - middle) <= 3 * spread)
+        field = smooth_within(log_ratio - middle, use, sigma_mm=params.bias_smoothing_mm,
+                              spacing_mm=baseline.spacing_mm) + middle
+        follow = follow / np.exp(field)
+    if not levels[0] < levels[1] < levels[2]:
+        raise InputError(f"T1 levels not in CSF < GM < WM order after matching ({levels}); is the T1w a T1?")
+    return follow.astype(np.float32), levels
 
 
 def measure_pbvc(baseline_t1: Volume, followup_t1: Volume, baseline_mask: Volume, followup_mask: Volume, *,
@@ -98,24 +191,31 @@ def measure_pbvc(baseline_t1: Volume, followup_t1: Volume, baseline_mask: Volume
     Parameters
     ----------
     baseline_t1, followup_t1 : bias-corrected T1s resampled onto the same halfway grid.
-    baseline_mask, followup_mask : their brain masks on that grid.
+    baseline_mask, followup_mask : their brain masks on that grid (ventricles included).
     years : interval length; annualised PBVC is None below `min_years_for_annualized`.
     alignment_correlation : the registration QC value, passed through to the result.
+
+    Raises
+    ------
+    InputError when the grids differ, the contrast is not a T1's, or pure CSF/WM references are missing.
     """
-    if baseline_t1.data.shape != followup_t1.data.shape:
+    if baseline_t1.data.shape != followup_t1.data.shape or not np.allclose(baseline_t1.affine, followup_t1.affine):
         raise InputError("PBVC needs both T1s on one halfway grid")
-    voxel_mm3 = baseline_t1.voxel_volume_mm3
-    base, gm_level = normalize_t1(baseline_t1.data, baseline_mask.data)
-    follow = _match_intensities(followup_t1.data, base, baseline_mask.data & followup_mask.data, gm_level)
-    base_tissue = baseline_mask.data & (base > gm_level / 2)
-    follow_tissue = followup_mask.data & (follow > gm_level / 2)
+    base = baseline_t1.data.astype(np.float32)
+    follow, (csf, gm, _) = match_followup(baseline_t1, followup_t1, baseline_mask, followup_mask, params)
+    threshold = 0.5 * (csf + gm)
+    base_tissue = baseline_mask.data & (base > threshold)
+    follow_tissue = followup_mask.data & (follow > threshold)
     width = params.boundary_width_voxels
     region = (ndimage.binary_dilation(base_tissue | follow_tissue, iterations=width)
               & ~ndimage.binary_erosion(base_tissue & follow_tissue, iterations=width))
-    lower, upper = _WINDOW_MARGIN * gm_level, (1 - _WINDOW_MARGIN) * gm_level
+    margin = params.window_margin_fraction
+    lower, upper = csf + margin * (gm - csf), csf + (1 - margin) * (gm - csf)
     shift = np.clip(base[region], lower, upper) - np.clip(follow[region], lower, upper)
-    boundary_shift_ml = float(shift.sum() / (upper - lower) * voxel_mm3 / 1000)
-    baseline_ml = tissue_volume_ml(base, baseline_mask.data, gm_level, voxel_mm3)
+    voxel_mm3 = baseline_t1.voxel_volume_mm3
+    boundary_shift_ml = float(shift.sum(dtype=np.float64) / (upper - lower) * voxel_mm3 / 1000)
+    fraction = np.clip((base[baseline_mask.data] - csf) / (gm - csf), 0, 1)
+    baseline_ml = float(fraction.sum(dtype=np.float64) * voxel_mm3 / 1000)
     pbvc = -100 * boundary_shift_ml / baseline_ml
     annualized = pbvc / years if years >= params.min_years_for_annualized else None
     return AtrophyResult(pbvc, annualized, years, alignment_correlation, boundary_shift_ml)

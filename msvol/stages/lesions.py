@@ -5,10 +5,15 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
   `match_tolerance_voxels`); groups are the connected parts of that overlap graph, so merges
   (several baseline -> one follow-up) and splits (one -> several) are one unit, never counted twice.
 - new: a follow-up lesion in no group with a baseline lesion, volume >= min_new_lesion_volume_mm3.
-  Smaller ones stay in lesions.nii.gz but are not counted.
+  Smaller ones (>= min_candidate_volume_mm3) are 'possible_new': listed for the reader, never counted.
+- both visits together (hysteresis): a lesion found at one visit only, whose region the other visit's
+  per-visit probability still covers (mean >= min_presence_probability), is stable, not new or resolved;
+  an enlargement or shrinkage must show in the probability-weighted volumes too, not only in the
+  thresholded ones (a lesion at the threshold's edge changes its thresholded volume from scan to scan).
 - enlarging / shrinking: a group whose total volume changed by at least the size-dependent
   relative threshold (small: < small_lesion_max_volume_mm3 at baseline) and the absolute one.
-- stable: a group that changed less. resolved: a baseline lesion with no follow-up partner.
+- stable: a group that changed less. resolved: a baseline lesion with no follow-up partner, volume
+  >= min_new_lesion_volume_mm3 (the same countable size as a new lesion; a smaller one is no finding).
 - confluent: a group that grew by >= min_new_lesion_volume_mm3 and whose growth includes a piece
   that large lying more than 2 mm from the baseline lesion: a new lesion that joined an old one. It is reported as
   enlarging with confluent=true (even when the relative growth of a large lesion stays below
@@ -18,6 +23,8 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
 The reported id of a group is its smallest follow-up label (resolved: above all follow-up labels).
 Fusion (`fuse_change`): the two-visit change model then confirms new lesions and judges
 enlargement by the new tissue it sees, and every finding gets a confidence for the review order.
+Two operating points: the reporting one (counted findings) and the candidate one below it
+('possible_new': shown to the reader, counted only once confirmed).
 """
 
 from __future__ import annotations
@@ -112,8 +119,9 @@ def classify_change(baseline_mm3: float, followup_mm3: float, params: LesionPara
 
 
 def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np.ndarray,
-                  followup_halfway: np.ndarray, params: LesionParams, *,
-                  voxel_mm3: float = 1.0) -> tuple[LesionChange, ...]:
+                  followup_halfway: np.ndarray, params: LesionParams, *, voxel_mm3: float = 1.0,
+                  baseline_probability: np.ndarray | None = None,
+                  followup_probability: np.ndarray | None = None) -> tuple[LesionChange, ...]:
     """The fate of every lesion over one interval.
 
     Parameters
@@ -122,6 +130,8 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
     baseline_halfway, followup_halfway : the same label maps resampled (nearest) onto one halfway
         grid; they decide overlap only.
     voxel_mm3 : voxel volume of the halfway grid (for the confluent-growth test).
+    baseline_probability, followup_probability : each visit's per-visit lesion probability on the halfway
+        grid (linear); with them, both visits are read together (the module docstring's hysteresis).
     """
     tolerance = params.match_tolerance_voxels
     grown = ndimage.grey_dilation(baseline_halfway, size=(2 * tolerance + 1,) * 3) if tolerance else baseline_halfway
@@ -131,18 +141,34 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
     base_by_label = {lesion.label: lesion for lesion in baseline.lesions}
     follow_by_label = {lesion.label: lesion for lesion in followup.lesions}
     next_resolved_id = max(follow_by_label, default=0) + 1
+    # per label: the other visit's summed probability and voxel count over it (for the presence test)
+    seen_before = _sums_over_labels(baseline_probability, followup_halfway, max(follow_by_label, default=0))
+    seen_after = _sums_over_labels(followup_probability, baseline_halfway, max(base_by_label, default=0))
     changes = []
     for base_labels, follow_labels in _groups(pairs, list(base_by_label), list(follow_by_label)):
         base_mm3 = sum(base_by_label[b].volume_mm3 for b in base_labels)
         follow_mm3 = sum(follow_by_label[f].volume_mm3 for f in follow_labels)
         if not base_labels:
-            if follow_mm3 < params.min_new_lesion_volume_mm3:
+            if follow_mm3 < params.min_candidate_volume_mm3:
                 continue
-            status = "new"
+            if _present(seen_before, follow_labels, params):
+                status = "stable"  # there at baseline too, below the reporting threshold
+            else:
+                status = "new" if follow_mm3 >= params.min_new_lesion_volume_mm3 else "possible_new"
         elif not follow_labels:
-            status = "resolved"
+            if _present(seen_after, base_labels, params):
+                status = "stable"
+            elif base_mm3 >= params.min_new_lesion_volume_mm3:
+                status = "resolved"
+            else:
+                continue  # as for new lesions: below the countable size a one-visit speck is no finding
         else:
             status = classify_change(base_mm3, follow_mm3, params)
+            if status != "stable" and baseline_probability is not None and followup_probability is not None:
+                soft = _soft_volumes_mm3(baseline_probability, followup_probability, np.isin(grown, base_labels)
+                                         | np.isin(followup_halfway, follow_labels), voxel_mm3)
+                if classify_change(*soft, params) != status:
+                    status = "stable"  # only the thresholded volume moved
         grew_by_a_lesion = bool(base_labels) and follow_mm3 - base_mm3 >= params.min_new_lesion_volume_mm3
         confluent = bool(follow_labels) and grew_by_a_lesion and _has_distant_growth(
             np.isin(baseline_halfway, base_labels), np.isin(followup_halfway, follow_labels), voxel_mm3, params)
@@ -160,6 +186,32 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
                                     tuple(follow_labels), merged=len(base_labels) > 1, split=len(follow_labels) > 1,
                                     confluent=confluent))
     return tuple(sorted(changes, key=lambda change: change.id))
+
+
+def _sums_over_labels(probability: np.ndarray | None, labels: np.ndarray, count: int):
+    """(summed probability, voxels) per label 0..count of `labels`, or None without a probability map."""
+    if probability is None:
+        return None
+    flat = labels.ravel()
+    return (np.bincount(flat, probability.ravel(), minlength=count + 1), np.bincount(flat, minlength=count + 1))
+
+
+def _present(sums, labels: list[int], params: LesionParams) -> bool:
+    """Whether the other visit's mean probability over these labels' voxels reaches min_presence_probability."""
+    if sums is None:
+        return False
+    summed, voxels = sums
+    count = int(voxels[labels].sum())
+    return bool(count) and float(summed[labels].sum()) / count >= params.min_presence_probability
+
+
+def _soft_volumes_mm3(baseline_probability, followup_probability, region, voxel_mm3) -> tuple[float, float]:
+    """Probability-weighted lesion volume of each visit over a region and its 1-voxel rim (halfway grid)."""
+    corners = np.argwhere(region)
+    box = tuple(slice(max(low - 2, 0), high + 3) for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
+    near = ndimage.binary_dilation(region[box], _structure(26))
+    return (float(baseline_probability[box][near].sum() * voxel_mm3),
+            float(followup_probability[box][near].sum() * voxel_mm3))
 
 
 def _has_distant_growth(baseline_mask, followup_mask, voxel_mm3, params: LesionParams) -> bool:
@@ -180,15 +232,18 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
                 params: LesionParams, *, voxel_mm3: float = 1.0) -> tuple[LesionChange, ...]:
     """Let the two-visit change model confirm or correct what the per-visit masks suggest; add confidence.
 
-    With a change probability (halfway grid; `params.use_change_model`):
-    - 'new' stays new when the mean change probability over the lesion reaches
-      `min_new_change_probability`; otherwise the lesion is 'stable' (there at baseline but missed);
-    - a lesion present at both visits is 'enlarging' when the change model's new tissue (the sum of
-      its probability over follow-up voxels outside the baseline lesion, in mm3) passes the same
-      absolute and size-dependent relative thresholds as a volume difference would; confluent
-      growth stays enlarging; shrinking and resolved are left to the volumes.
-    Confidence: for new and enlarging, the mean change probability over the lesion's new tissue;
-    otherwise (and without a change model) the mean per-visit lesion probability at follow-up.
+    With a change probability (halfway grid; `params.use_change_model`), over the lesion's new tissue
+    (its follow-up voxels outside every baseline lesion):
+    - 'new' stays new when the mean change probability reaches `min_new_change_probability` (the
+      reporting operating point); from `min_candidate_change_probability` up it is 'possible_new' (the
+      candidate operating point); below, 'stable' (there at baseline but missed). A 'possible_new' too
+      small to count stays one from the candidate point up and is dropped below it;
+    - a lesion present at both visits is 'enlarging' when the summed change probability (mm3) passes the
+      same absolute and size-dependent relative thresholds as a volume difference would (confluent growth:
+      the size of a new lesion) and its mean reaches the candidate point, so no enlargement is ever
+      reported with a confidence near zero; shrinking and resolved are left to the volumes.
+    Confidence: for new, possible new and enlarging, that mean change probability; otherwise (and without
+    a change model) the mean per-visit lesion probability at follow-up.
     """
     by_label = {lesion.label: lesion for lesion in followup.lesions}
     use_model = change_probability is not None and params.use_change_model
@@ -210,16 +265,44 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
         # A lesion with no new tissue on the halfway grid (at its edge) keeps the per-visit verdict.
         if voxels and status != "shrinking":
             summed = float(new_probability[labels].sum())
-            if status == "new":
-                status = "new" if summed / voxels >= params.min_new_change_probability else "stable"
-            elif not change.confluent:
-                needed = max(params.min_absolute_change_mm3,
-                             _relative_threshold(change.baseline_volume_mm3, params) * change.baseline_volume_mm3)
-                status = "enlarging" if summed * voxel_mm3 >= needed else "stable"
-            if status in ("new", "enlarging"):
-                confidence = summed / voxels
+            mean = summed / voxels
+            if status in ("new", "possible_new"):
+                if mean < params.min_candidate_change_probability:
+                    if status == "possible_new":
+                        continue  # too small to count and the change model does not see it either
+                    status = "stable"
+                elif mean < params.min_new_change_probability:
+                    status = "possible_new"
+            else:
+                needed = params.min_new_lesion_volume_mm3 if change.confluent else max(
+                    params.min_absolute_change_mm3,
+                    _relative_threshold(change.baseline_volume_mm3, params) * change.baseline_volume_mm3)
+                status = ("enlarging" if summed * voxel_mm3 >= needed
+                          and mean >= params.min_candidate_change_probability else "stable")
+            if status in ("new", "possible_new", "enlarging"):
+                confidence = mean
         fused.append(dataclasses.replace(change, status=status, confidence=round(confidence, 3)))
     return tuple(fused)
+
+
+def countable_lesions(lesion_map: LesionMap, seen_elsewhere: set[int], params: LesionParams) -> int:
+    """The visit's lesion count: lesions of the countable size (>= min_new_lesion_volume_mm3, as a new lesion),
+    and smaller ones that another visit of the patient confirms (`seen_elsewhere`: labels in a group with
+    lesions of the other visit, or present there below the threshold). A speck at one visit only is in the
+    label map and the lesion volume, but not a lesion to count: two scans of one brain then count alike."""
+    return sum(1 for lesion in lesion_map.lesions
+               if lesion.volume_mm3 >= params.min_new_lesion_volume_mm3 or lesion.label in seen_elsewhere)
+
+
+def confirmed_labels(changes: tuple[LesionChange, ...]) -> tuple[set[int], set[int]]:
+    """(baseline labels, follow-up labels) the other visit of this interval confirms: in a group with lesions
+    of both visits, or stable by presence (hysteresis) though found at one visit only."""
+    baseline, followup = set(), set()
+    for change in changes:
+        if (change.baseline_labels and change.followup_labels) or change.status == "stable":
+            baseline.update(change.baseline_labels)
+            followup.update(change.followup_labels)
+    return baseline, followup
 
 
 def change_labels(followup_labels: np.ndarray, changes: tuple[LesionChange, ...], status: str) -> np.ndarray:

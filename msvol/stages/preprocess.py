@@ -39,15 +39,20 @@ def head_mask(volume: Volume) -> np.ndarray:
 
 
 def correct_bias(volume: Volume, params: PreprocessParams) -> Volume:
-    """N4 bias field correction (ANTs), fitted inside the head."""
+    """N4 bias field correction (ANTs), fitted inside the head and applied to every voxel."""
     import ants
 
-    image = ants.from_numpy(volume.data.astype(np.float32), spacing=tuple(float(s) for s in volume.spacing_mm))
+    data = volume.data.astype(np.float32)
+    image = ants.from_numpy(data, spacing=tuple(float(s) for s in volume.spacing_mm))
     mask = ants.from_numpy(head_mask(volume).astype(np.float32), spacing=image.spacing)
-    corrected = ants.n4_bias_field_correction(image, mask=mask, shrink_factor=params.n4_shrink_factor,
-                                              convergence={"iters": list(params.n4_iterations), "tol": 1e-7},
-                                              spline_param=params.n4_spline_distance_mm or None)
-    return volume.with_data(corrected.numpy().astype(np.float32))
+    # ANTs' corrected image leaves voxels outside the mask uncorrected: the darkest CSF inside the head
+    # (below the mask's threshold) kept its raw scale while its neighbours were rescaled by ~1.5, and
+    # differently at each visit (issue 12: it moved the T1 CSF level, hence PBVC). The field is smooth
+    # everywhere, so divide the whole image by it.
+    field = ants.n4_bias_field_correction(image, mask=mask, shrink_factor=params.n4_shrink_factor,
+                                          convergence={"iters": list(params.n4_iterations), "tol": 1e-7},
+                                          spline_param=params.n4_spline_distance_mm or None, return_bias_field=True)
+    return volume.with_data((data / np.maximum(field.numpy(), 1e-6)).astype(np.float32))
 
 
 def load_brain_extractor():

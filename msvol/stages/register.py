@@ -20,8 +20,8 @@ from msvol.errors import RegistrationError, SpaceError
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # ITK works in LPS; nibabel affines are RAS
 METHODS = ("T1 was registered rigidly to FLAIR within each visit, and visits were registered rigidly into a "
-           "halfway space by Mattes mutual information (SimpleITK) [mattes2003, reuter2010]; each image was "
-           "resampled once from its native grid.")
+           "halfway space by Mattes mutual information (SimpleITK), the FLAIRs for the lesions and the T1s for "
+           "brain volume change [mattes2003, reuter2010]; each image was resampled once from its native grid.")
 
 
 def _to_sitk(volume: Volume, data: np.ndarray | None = None):
@@ -99,6 +99,23 @@ def halfway(baseline_to_followup: Rigid) -> tuple[Rigid, Rigid]:
     half = np.real(linalg.sqrtm(baseline_to_followup.matrix))
     half[3] = [0, 0, 0, 1]
     return Rigid(np.linalg.inv(half)), Rigid(half)
+
+
+def bounding_grid(mask: Volume, margin_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(shape, affine) of the part of `mask`'s grid that holds its True voxels and `margin_mm` around them.
+
+    Same voxels and orientation as the mask's grid, only fewer: a halfway space for one pair of visits
+    that leaves out the air and the neck. Raises SpaceError for an empty mask.
+    """
+    if not mask.data.any():
+        raise SpaceError(f"bounding grid of an empty mask ({mask.source})")
+    margin = np.ceil(margin_mm / mask.spacing_mm).astype(int)
+    found = np.argwhere(mask.data)
+    low = np.maximum(found.min(axis=0) - margin, 0)
+    high = np.minimum(found.max(axis=0) + margin + 1, mask.data.shape)
+    affine = mask.affine.copy()
+    affine[:3, 3] = mask.affine[:3, :3] @ low + mask.affine[:3, 3]
+    return tuple(int(n) for n in high - low), affine
 
 
 def resample(volume: Volume, pull: Rigid, shape: tuple[int, int, int], affine: np.ndarray, *,

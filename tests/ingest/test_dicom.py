@@ -21,16 +21,18 @@ import numpy as np
 import pydicom
 import pytest
 
-from msvol.batch import run_batch
 from msvol.config import IngestParams, Params
 from msvol.datatypes import Volume
 from msvol.errors import InputError
 from msvol.ingest import dicom as ingest_dicom, protocol
+from msvol.ops.batch import BatchSettings, run_batch
 from msvol.synth import dicom as synth_dicom
 from tests.builders import FLAIR_AFFINE, NUMBERS, PATIENT_A, PATIENT_B, SECRETS, T1_AFFINE, head, identity, rotation
 
 RULES = protocol.load_protocol()
 LIMITS = IngestParams()
+
+SETTLED = BatchSettings(settle_minutes=0)  # the exports were written a moment ago
 
 
 def canonical(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +307,7 @@ def test_refused_exam_beside_good_ones_becomes_an_exam_refused_flag(history_inve
 
 def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path, pipeline_calls):
     out = tmp_path / "out"
-    summary = run_batch(history, out, Params())
+    summary = run_batch(history, out, Params(), settings=SETTLED)
     table = out / "private" / "pseudonyms.tsv"
     rows = [line.split("\t") for line in table.read_text().splitlines()]
     assert rows[0] == ["pseudonym", "patient_id", "created"]
@@ -330,7 +332,7 @@ def test_run_batch_gives_each_dicom_patient_its_own_pseudonym(history, tmp_path,
 
 def test_keep_identifiers_names_folders_by_sanitised_patient_id_and_writes_no_link_file(history, tmp_path, pipeline_calls):
     out = tmp_path / "out"
-    summary = run_batch(history, out, Params(), keep_identifiers=True)
+    summary = run_batch(history, out, Params(), settings=SETTLED, keep_identifiers=True)
     assert sorted(summary.done) == [out / "sub-MRN40417", out / "sub-MRN77120"]
     assert {patient.subject for patient in pipeline_calls} == {"MRN40417", "MRN77120"}
     assert not any(patient.pseudonymous for patient in pipeline_calls)
@@ -343,7 +345,7 @@ def test_two_patient_ids_that_sanitise_alike_never_share_an_output_folder(tmp_pa
         who = synth_dicom.ExamIdentity(patient_id, "LEAKTEST^TWIN", "19700101", dt.date(2022, 3, 3))
         synth_dicom.write_exam(export / patient_id, who, synth_dicom.VENDORS["siemens"], flair=head(seed),
                                t1=head(seed + 1, "T1w"), extras=())
-    summary = run_batch(export, tmp_path / "out", Params(), keep_identifiers=True)
+    summary = run_batch(export, tmp_path / "out", Params(), settings=SETTLED, keep_identifiers=True)
     assert summary.skipped == []
     handled = [folder.name for folder in summary.done] + [name for name, _ in summary.set_aside]
     assert len(handled) == 2 and len(set(summary.done)) == len(summary.done)
@@ -363,7 +365,7 @@ def test_truncated_extra_file_is_skipped_with_a_warning_and_the_exam_stays_usabl
     assert inventory.skipped[0].startswith(f"{broken}: truncated") and "file skipped" in inventory.skipped[0]
     (exam,) = inventory.patients[PATIENT_A["patient_id"]]
     assert exam.refusal is None and role_numbers(exam) == {"flair": NUMBERS["flair"], "t1": NUMBERS["t1"]}
-    summary = run_batch(export, tmp_path / "out", Params())
+    summary = run_batch(export, tmp_path / "out", Params(), settings=SETTLED)
     assert summary.warnings == list(inventory.skipped)
     assert len(summary.done) == 1 and summary.set_aside == [] and len(pipeline_calls) == 1
 

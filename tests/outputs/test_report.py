@@ -118,8 +118,8 @@ def test_pathological_cutoff_is_inclusive(results):
 
 def test_counts_are_integers_that_match_the_changes(results):
     first, second = build(results)["intervals"]
-    assert first["counts"] == {"new": 2, "enlarging": 1, "shrinking": 1, "resolved": 1, "stable": 3}
-    assert second["counts"] == {"new": 0, "enlarging": 1, "shrinking": 0, "resolved": 0, "stable": 1}
+    assert first["counts"] == {"new": 2, "enlarging": 1, "shrinking": 1, "resolved": 1, "stable": 3, "possible_new": 0}
+    assert second["counts"] == {"new": 0, "enlarging": 1, "shrinking": 0, "resolved": 0, "stable": 1, "possible_new": 0}
     for model in (first, second):
         assert all(type(value) is int for value in model["counts"].values())
         statuses = [lesion["status"] for lesion in model["lesions"]]

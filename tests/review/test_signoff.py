@@ -123,3 +123,36 @@ def test_a_new_analysis_of_a_signed_subject_is_reviewed_and_signed_afresh(store,
     assert final["version"] == 1 and final["supersedes_version"] is None
     assert final["intervals"][0]["automated"]["pbvc_percent"] == -0.58
     assert findings.listing(store, "01")[0]["status"] == "signed"
+
+
+def test_a_possible_new_lesion_needs_no_decision_and_counts_only_once_confirmed(tmp_path, database_url):
+    """Candidates below the reporting operating point: listed as findings, never blocking the sign-off, counted as
+    new only when a reader confirms them (report schema 1.4)."""
+    from msvol.review.store import open_store
+    from msvol.synth.review_case import write_review_case
+
+    out = tmp_path / "out"
+    write_review_case(out)
+    path = out / "sub-01" / "report.json"
+    report = json.loads(path.read_text())
+    interval = report["intervals"][0]
+    for lesion in interval["lesions"]:
+        if lesion["id"] in (5, 7):  # shrinking 5 and stable 7 become the interval's two candidates
+            interval["counts"][lesion["status"]] -= 1
+            lesion["status"] = "possible_new"
+    interval["counts"]["possible_new"] = 2
+    path.write_text(json.dumps(report, indent=2))
+    store = open_store(out, database_url)
+    try:
+        findings.register_all(store)
+        keys = {view["id"]: view for view in findings.listing(store, "01")[0]["findings"]}
+        assert keys["01-02:L7"]["class"] == "possible_new", "a candidate is a finding the reader sees"
+        decide_all_new_and_enlarging(store)
+        confirmed = decisions.decide(store, "01", "01-02:L7", "confirm", reviewer="Dr A")
+        assert confirmed["current_class"] == "new"
+        final = signoff.sign_off(store, "01", reviewer="Dr A")  # L5, still a candidate, does not block it
+    finally:
+        store.dispose()
+    counts = final["intervals"][0]["confirmed"]["counts"]
+    assert (counts["new"], counts["possible_new"]) == (3 - 1 - 1 + 1, 1), "L2 rejected, L3 now enlarging, L7 new"
+    assert final["intervals"][0]["automated"]["counts"]["possible_new"] == 2

@@ -19,7 +19,7 @@ def test_migrations_build_the_schema_of_the_models_from_empty(review_out, databa
     store = open_store(review_out, database_url)
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     with store.engine.begin() as connection:  # and back down to nothing
         command.downgrade(alembic_config(connection), "base")
     assert set(sa.inspect(store.engine).get_table_names()) <= {"alembic_version"}

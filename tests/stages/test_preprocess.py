@@ -65,3 +65,22 @@ def test_accepted_masks_are_flagged_only_outside_the_usual_band(volume_ml, flagg
         assert note is None
     else:
         assert f"unusually {flagged}" in note and f"{volume_ml} ml" in note and "950-2000 ml" in note
+
+
+def test_bias_correction_reaches_dark_voxels_inside_the_head():
+    """Regression (issue 12): ANTs' N4 output leaves voxels outside its mask uncorrected, and the head mask
+    (10 % of the 99th percentile) left out the darkest CSF inside the head: those kept their raw scale while
+    their neighbours were rescaled (by ~1.5 on msvol synth), which moved the T1 CSF level and PBVC. Every voxel
+    is now divided by the same smooth field."""
+    shape = (48, 48, 48)
+    x = np.indices(shape, dtype=np.float32)
+    head = ((x - 23.5) ** 2).sum(axis=0) < 20 ** 2
+    image = np.where(head, 100.0, 0.5).astype(np.float32)
+    image[31:39, 20:28, 20:28] = 5.0  # a dark void inside the head, below the mask's threshold of 10
+    field = np.exp(0.3 * (x[0] - 23.5) / 23.5)
+    raw = Volume((image * field).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "T1w")
+    ratio = preprocess.correct_bias(raw, PARAMS).data / raw.data
+    near = (slice(27, 43), slice(16, 32), slice(16, 32))
+    void, around = ratio[32:38, 21:27, 21:27], ratio[near][head[near] & (image[near] > 50)]
+    assert void.mean() == pytest.approx(np.median(around), rel=0.02)
+    assert ratio[head].std() / ratio[head].mean() > 0.05  # a real correction happened

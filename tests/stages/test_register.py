@@ -9,7 +9,7 @@ from scipy.spatial.transform import Rotation
 from msvol.config import RegisterParams
 from msvol.datatypes import Rigid, Volume
 from msvol.errors import SpaceError
-from msvol.stages.register import alignment_correlation, fit_rigid, halfway, resample
+from msvol.stages.register import alignment_correlation, bounding_grid, fit_rigid, halfway, resample
 
 
 def rigid(degrees=(0.0, 0.0, 0.0), translation=(0.0, 0.0, 0.0), centre=(0.0, 0.0, 0.0)) -> np.ndarray:
@@ -137,6 +137,24 @@ def test_resample_onto_another_grid(ball, make_affine):
     assert out.data.shape == (24, 20, 24)
     np.testing.assert_array_equal(out.affine, target_affine)
     np.testing.assert_array_equal(out.data > 0.5, ball((24, 20, 24), (12, 7, 12), 3))
+
+
+def test_bounding_grid_is_the_masks_part_of_its_grid(ball, make_affine):
+    """The cropped grid keeps the voxels and orientation of the mask's grid: resampling onto it is a copy."""
+    shape = (40, 36, 30)
+    affine = make_affine(spacing=(1.0, 1.2, 1.5), origin=(-20.0, 10.0, 5.0))
+    mask = Volume(ball(shape, (15, 20, 12), 5), affine, "mask")
+    crop_shape, crop_affine = bounding_grid(mask, margin_mm=3.0)
+    # 3 mm is 3, 3 and 2 voxels along the axes; the ball spans 10-20, 15-25, 7-17
+    assert crop_shape == (17, 17, 15)
+    np.testing.assert_allclose(crop_affine[:3, :3], affine[:3, :3])
+    np.testing.assert_allclose(crop_affine[:3, 3], affine[:3, :3] @ (7, 12, 5) + affine[:3, 3])
+    cropped = resample(mask, Rigid(np.eye(4)), crop_shape, crop_affine)
+    assert cropped.data.sum() == mask.data.sum()
+    clipped_shape, _ = bounding_grid(mask, margin_mm=100.0)  # never beyond the grid
+    assert clipped_shape == shape
+    with pytest.raises(SpaceError):
+        bounding_grid(mask.with_data(np.zeros(shape, bool)), margin_mm=3.0)
 
 
 # --- fit_rigid ------------------------------------------------------------------------------------

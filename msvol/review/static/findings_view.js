@@ -40,7 +40,7 @@ export function findingItem(finding, selected) {
     className: classes.join(" ").trim(), dataset: { finding: finding.id }, "aria-selected": String(selected),
   },
   element("span", { className: `chip ${finding.kind === "added" ? "added" : shown.split(" ")[0]}` }),
-  element("span", { className: "what" }, `${finding.id.split(":")[1]} ${shown}${was}`),
+  element("span", { className: "what" }, `${finding.id.split(":")[1]} ${shown.replace("_", " ")}${was.replace("_", " ")}`),
   element("span", { className: "muted" }, finding.confidence === null ? "reader" : `conf. ${finding.confidence.toFixed(2)}`),
   element("span", { className: "decision" }, `${volume} · ${describeDecision(finding)}`));
 }

@@ -11,10 +11,12 @@
 
 import { Niivue, NVImage, SHOW_RENDER, SLICE_TYPE } from "./niivue/niivue.js";
 
-// changes.nii.gz: 0 none, 1 new, 2 enlarging, 3 shrinking or resolved, 4 stable (review.css uses the same colours)
+// changes.nii.gz: 0 none, 1 new, 2 enlarging, 3 shrinking or resolved, 4 stable, 5 possible new (datatypes.py
+// CHANGE_MAP_VALUES; review.css uses the same colours)
 export const CHANGE_COLOURS = {
-  R: [0, 255, 255, 60, 80], G: [0, 40, 176, 140, 200], B: [0, 40, 0, 255, 120], A: [0, 255, 255, 255, 255],
-  I: [0, 1, 2, 3, 4], labels: ["", "new", "enlarging", "shrinking or resolved", "stable"],
+  R: [0, 255, 255, 60, 80, 230], G: [0, 40, 176, 140, 200, 60], B: [0, 40, 0, 255, 120, 230],
+  A: [0, 255, 255, 255, 255, 255], I: [0, 1, 2, 3, 4, 5],
+  labels: ["", "new", "enlarging", "shrinking or resolved", "stable", "possible new"],
 };
 const OVERLAY_OPACITY = 0.6;
 const SEED_SEARCH_VOXELS = 3; // a finding's centroid may fall outside its own (non-convex) lesion

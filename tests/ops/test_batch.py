@@ -1,4 +1,4 @@
-"""Tests for batch: one broken exam never stops the run; crashes leave a traceback; results are kept.
+"""Tests for ops.batch: one broken exam never stops the run; crashes leave a traceback; results are kept.
 
 The pipeline itself is replaced (monkeypatch) so only the bookkeeping of run_batch is tested.
 """
@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from msvol import pipeline
-from msvol.batch import run_batch
+from msvol.ops.batch import BatchSettings, run_batch
 from msvol.config import Params
 from msvol.datatypes import Patient, Volume
 from msvol.synth import dicom as synth_dicom
 from tests.builders import image_path, write_subject
 
 DUMMY_RESOURCES = object()
+SETTLED = BatchSettings(settle_minutes=0)  # the inputs were written a moment ago
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_broken_subject_is_set_aside_and_a_crash_does_not_stop_the_batch(bids, t
     monkeypatch.setattr(pipeline, "run_patient", crash_in_run_patient(calls))
     out = tmp_path / "out"
     messages = []
-    summary = run_batch(bids, out, Params(), progress=messages.append)
+    summary = run_batch(bids, out, Params(), settings=SETTLED, progress=messages.append)
 
     assert summary.done == [] and summary.skipped == []
     assert [name for name, _ in summary.set_aside] == ["sub-01"]
@@ -93,7 +94,8 @@ def test_resources_are_loaded_once_for_all_subjects(bids, tmp_path, calls, monke
     write_subject(bids, "03", dates={"01": "2020-03-01"})
     monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
     model_dir, change_model_dir = tmp_path / "model", tmp_path / "change_model"
-    summary = run_batch(bids, tmp_path / "out", Params(), model_dir=model_dir, change_model_dir=change_model_dir)
+    summary = run_batch(bids, tmp_path / "out", Params(), settings=SETTLED, model_dir=model_dir,
+                        change_model_dir=change_model_dir)
     assert summary.done == [tmp_path / "out" / "sub-02", tmp_path / "out" / "sub-03"]
     assert calls["load"] == [(model_dir, change_model_dir)]
 
@@ -101,14 +103,14 @@ def test_resources_are_loaded_once_for_all_subjects(bids, tmp_path, calls, monke
 @pytest.mark.parametrize("which", ["model_dir", "change_model_dir"])
 def test_each_model_folder_reaches_resources_on_its_own(bids, tmp_path, calls, monkeypatch, which):
     monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
-    run_batch(bids, tmp_path / "out", Params(), **{which: tmp_path / "bundle"})
+    run_batch(bids, tmp_path / "out", Params(), settings=SETTLED, **{which: tmp_path / "bundle"})
     expected = (tmp_path / "bundle", None) if which == "model_dir" else (None, tmp_path / "bundle")
     assert calls["load"] == [expected]
 
 
 def test_no_resources_are_loaded_when_every_subject_is_bad(bids, tmp_path, calls, monkeypatch):
     monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
-    summary = run_batch(bids / "sub-01", tmp_path / "out", Params())
+    summary = run_batch(bids / "sub-01", tmp_path / "out", Params(), settings=SETTLED)
     assert [name for name, _ in summary.set_aside] == ["sub-01"]
     assert calls["load"] == [] and calls["run"] == []
 
@@ -118,7 +120,7 @@ def test_existing_result_is_skipped_without_force(bids, tmp_path, calls, monkeyp
     out = tmp_path / "out"
     (out / "sub-02").mkdir(parents=True)
     (out / "sub-01").mkdir()  # skipped before ingest, even though its input is broken
-    summary = run_batch(bids, out, Params())
+    summary = run_batch(bids, out, Params(), settings=SETTLED)
     assert summary.skipped == ["sub-01", "sub-02"]
     assert summary.done == [] and summary.set_aside == [] and summary.crashed == []
     assert calls["run"] == [] and calls["load"] == []
@@ -128,7 +130,7 @@ def test_existing_result_is_redone_with_force(bids, tmp_path, calls, monkeypatch
     monkeypatch.setattr(pipeline, "run_patient", succeed_in_run_patient(calls))
     out = tmp_path / "out"
     (out / "sub-02").mkdir(parents=True)
-    summary = run_batch(bids, out, Params(), force=True)
+    summary = run_batch(bids, out, Params(), settings=SETTLED, force=True)
     assert summary.done == [out / "sub-02"]
     assert [name for name, _ in summary.set_aside] == ["sub-01"]
     assert [(patient.subject, force) for patient, _, force in calls["run"]] == [("02", True)]
@@ -141,7 +143,7 @@ def test_model_error_while_loading_resources_sets_the_subject_aside(bids, tmp_pa
         raise ModelError("models/lesion_change/configs/metadata.json: bundle file missing")
 
     monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
-    summary = run_batch(bids, tmp_path / "out", Params())
+    summary = run_batch(bids, tmp_path / "out", Params(), settings=SETTLED)
     assert [name for name, _ in summary.set_aside] == ["sub-01", "sub-02"]
     assert "lesion_change/configs/metadata.json" in summary.set_aside[1][1]
     assert summary.crashed == []
@@ -171,12 +173,12 @@ def test_a_new_dicom_exam_redoes_the_patient_and_keeps_the_earlier_result(tmp_pa
     monkeypatch.setattr(pipeline, "run_patient", run_patient)
     export, out = tmp_path / "pacs", tmp_path / "out"
     _dicom_exam(export, dt.date(2021, 3, 1))
-    first = run_batch(export, out, Params())
+    first = run_batch(export, out, Params(), settings=SETTLED)
     assert len(first.done) == 1 and runs == [(("20210301",), False, None)]
-    assert run_batch(export, out, Params()).skipped == [first.done[0].name]
+    assert run_batch(export, out, Params(), settings=SETTLED).skipped == [first.done[0].name]
 
     _dicom_exam(export, dt.date(2022, 3, 1))
-    third = run_batch(export, out, Params())
+    third = run_batch(export, out, Params(), settings=SETTLED)
     assert [folder.name for folder in third.done] == [first.done[0].name]  # same pseudonym
     sessions, force, keep_previous = runs[-1]
     assert sessions == ("20210301", "20220301") and force is True
@@ -186,4 +188,4 @@ def test_a_new_dicom_exam_redoes_the_patient_and_keeps_the_earlier_result(tmp_pa
     report = first.done[0] / "report.json"
     report.write_text(json.dumps({"timepoints": [{"session": "20210301"}], "qc_flags": [
         {"code": "exam_refused", "scope": "exam 2022-03-01", "message": "..."}]}))
-    assert run_batch(export, out, Params()).skipped == [first.done[0].name] and len(runs) == 2
+    assert run_batch(export, out, Params(), settings=SETTLED).skipped == [first.done[0].name] and len(runs) == 2
