@@ -114,16 +114,23 @@ def markdown(out: Path, heldout: Path, command: str, code: str | None = None) ->
              "enlarging found | false enlarging per pair | false shrinking/resolved per pair | PBVC recovery "
              "median (range) | scan-rescan count / volume / abs PBVC |", "|" + "---|" * 15]
     rows = [("check set", "fused", out / "fused.json")]
-    rows += [(f"held-out {preset}", method, heldout / preset / f"{method}.json")
-             for preset in ("standard", "shifted") for method in ("fused", "independent")]
+    for preset in ("standard", "shifted"):
+        run_summary = heldout / preset / "summary.json"
+        name = f"held-out {preset}"
+        if run_summary.is_file():
+            facts = json.loads(run_summary.read_text())
+            name += f", seeds {facts['first_seed']}-{facts['first_seed'] + facts['subjects'] - 1}"
+        rows += [(name, method, heldout / preset / f"{method}.json") for method in ("fused", "independent")]
     for name, method, path in rows:
         overall = json.loads(path.read_text())["overall"] if path.is_file() else {}
         if "new_by_size" in overall:  # scored by this msvol.evaluate (older results lack the figures)
             lines.append(row(name, method, overall))
     if summary:
         per_subject = summary["pipeline_seconds_per_subject"]
+        generation = (f"{summary['generation_seconds']:.0f} s" if summary["generation_seconds"] >= 1
+                      else "reused from an earlier run")
         lines += ["", f"Check set: subjects {', '.join(summary['subjects'])}; generation "
-                  f"{summary['generation_seconds']:.0f} s; pipeline per subject (one pair) "
+                  f"{generation}; pipeline per subject (one pair) "
                   f"{', '.join(f'{name} {seconds:.0f} s' for name, seconds in per_subject.items())}; "
                   f"set aside: {summary['set_aside'] or 'none'}."]
     return "\n".join(lines + [END]) + "\n"
