@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from msvol.synth import checkset_geometry as geometry
 from msvol.synth import checkset_lesions as lesions
+from msvol.synth.patients import write_nifti_atomically, write_text_atomically
 
 
 def resample_labels(labels: np.ndarray, voxel_coords: np.ndarray) -> np.ndarray:
@@ -116,7 +117,7 @@ def write_subject(subject: dict, root, name: str) -> Path:
 
     root = Path(root)
     folder, truth = root / f"sub-{name}", root / "derivatives" / "truth" / f"sub-{name}"
-    _text(root / "dataset_description.json", json.dumps(
+    write_text_atomically(root / "dataset_description.json", json.dumps(
         {"Name": "msvol independent check set", "BIDSVersion": "1.9.0", "DatasetType": "raw",
          "GeneratedBy": [{"Name": "msvol.synth.checkset", "Version": subject["truth"]["checkset_version"]}]},
         indent=2))
@@ -127,28 +128,18 @@ def write_subject(subject: dict, root, name: str) -> Path:
         for suffix, key in (("FLAIR", "flair"), ("T1w", "t1")):
             _nifti(nib.Nifti1Image(visit[key], visit[f"{key}_affine"]), anat / f"{stem}_{suffix}.nii.gz")
             spacing = visit["flair_spacing_mm"] if key == "flair" else [1.0, 1.0, 1.0]
-            _text(anat / f"{stem}_{suffix}.json", json.dumps(
+            write_text_atomically(anat / f"{stem}_{suffix}.json", json.dumps(
                 {"Manufacturer": "msvol-checkset", "ManufacturersModelName": "virtual", "MagneticFieldStrength": 3,
                  "SoftwareVersions": subject["truth"]["checkset_version"], "MRAcquisitionType": "3D",
                  "SliceThickness": spacing[2]}, indent=2))
         _nifti(nib.Nifti1Image(visit["labels"].astype(np.int16), visit["flair_affine"]), truth / f"{stem}_lesions.nii.gz")
         _nifti(nib.Nifti1Image(visit["brain"].astype(np.uint8), visit["flair_affine"]), truth / f"{stem}_brainmask.nii.gz")
         rows.append(f"ses-{visit['session']}\t{visit['date'].isoformat()}T09:00:00")
-    _text(folder / f"sub-{name}_sessions.tsv", "\n".join(rows) + "\n")
-    _text(truth / f"sub-{name}_truth.json", json.dumps(subject["truth"], indent=1))
+    write_text_atomically(folder / f"sub-{name}_sessions.tsv", "\n".join(rows) + "\n")
+    write_text_atomically(truth / f"sub-{name}_truth.json", json.dumps(subject["truth"], indent=1))
     return folder
 
 
 def _nifti(image, path: Path) -> None:
     image.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial.nii.gz")
-    image.to_filename(temporary)
-    temporary.replace(path)
-
-
-def _text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(text)
-    temporary.replace(path)
+    write_nifti_atomically(image, path)

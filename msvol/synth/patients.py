@@ -380,7 +380,7 @@ def write_patient(patient: dict, root: Path, subject: str) -> Path:
     root = Path(root)
     subject_dir = root / f"sub-{subject}"
     truth_dir = root / "derivatives" / "truth" / f"sub-{subject}"
-    _atomic_text(root / "dataset_description.json", json.dumps(
+    write_text_atomically(root / "dataset_description.json", json.dumps(
         {"Name": "msvol synthetic MS cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
          "GeneratedBy": [{"Name": "msvol synth", "Version": GENERATOR_VERSION}]}, indent=2))
     rows = ["session_id\tacq_time"]
@@ -394,28 +394,30 @@ def write_patient(patient: dict, root: Path, subject: str) -> Path:
                 data = data.astype(np.uint8)
             image = nib.Nifti1Image(data, visit[f"{key}_affine"])
             image.header.set_xyzt_units("mm", "sec")
-            _atomic_nifti(image, anat / f"{stem}_{suffix}.nii.gz")
-            _atomic_text(anat / f"{stem}_{suffix}.json", json.dumps(
+            write_nifti_atomically(image, anat / f"{stem}_{suffix}.nii.gz")
+            write_text_atomically(anat / f"{stem}_{suffix}.json", json.dumps(
                 {"Manufacturer": "msvol-synth", "ManufacturersModelName": "virtual", "MagneticFieldStrength": 3,
                  "SoftwareVersions": GENERATOR_VERSION, "MRAcquisitionType": "3D"}, indent=2))
         labels = nib.Nifti1Image(visit["labels"].astype(np.int16), visit["flair_affine"])
-        _atomic_nifti(labels, truth_dir / f"{stem}_lesions.nii.gz")
+        write_nifti_atomically(labels, truth_dir / f"{stem}_lesions.nii.gz")
         brain = nib.Nifti1Image(visit["brain"].astype(np.uint8), visit["flair_affine"])
-        _atomic_nifti(brain, truth_dir / f"{stem}_brainmask.nii.gz")
+        write_nifti_atomically(brain, truth_dir / f"{stem}_brainmask.nii.gz")
         rows.append(f"ses-{session}\t{visit['date'].isoformat()}T09:00:00")
-    _atomic_text(subject_dir / f"sub-{subject}_sessions.tsv", "\n".join(rows) + "\n")
-    _atomic_text(truth_dir / f"sub-{subject}_truth.json", json.dumps(patient["truth"], indent=1))
+    write_text_atomically(subject_dir / f"sub-{subject}_sessions.tsv", "\n".join(rows) + "\n")
+    write_text_atomically(truth_dir / f"sub-{subject}_truth.json", json.dumps(patient["truth"], indent=1))
     return subject_dir
 
 
-def _atomic_nifti(image, path: Path) -> None:
+def write_nifti_atomically(image, path: Path) -> None:
+    """Write a NIfTI image to `path` through a temporary file beside it (synth's writers share it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial.nii.gz")
     image.to_filename(temporary)
     temporary.replace(path)
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write text to `path` through a temporary file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
     temporary.write_text(text)
