@@ -15,6 +15,7 @@ import click
 from msvol import __version__
 from msvol.cli_cohort import COMMANDS as COHORT_COMMANDS
 from msvol.cli_review import COMMANDS as REVIEW_COMMANDS
+from msvol.config import BatchSettings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
 EXIT_HELD = 75  # sysexits.h EX_TEMPFAIL: `msvol run` found every patient left claimed by another run
@@ -60,13 +61,14 @@ def main():
 @click.option("--db", "db_url", metavar="URL",
               help="Store of exam states, claims and findings (default: SQLite at OUT/msvol.db; on NFS use "
                    "postgresql://..., see docs/OPERATIONS.md).")
-@click.option("--settle-minutes", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--settle-minutes", type=click.FloatRange(min=0), default=BatchSettings.settle_minutes, show_default=True,
               envvar="MSVOL_SETTLE_MINUTES", show_envvar=True,
               help="An exam is analysed once no file in it changed for this long (an export still being copied "
                    "is left for the next run); 0 for data known to be complete.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--retries", type=click.IntRange(min=0), default=BatchSettings.retries, show_default=True,
               help="A failed exam is tried again by at most this many later runs, then quarantined.")
-@click.option("--lease-minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--lease-minutes", type=click.FloatRange(min=0, min_open=True), default=BatchSettings.lease_minutes,
+              show_default=True,
               help="A claim whose heartbeat is older than this is taken over (its run is presumed dead).")
 @click.option("--retry-exam", "retry_exams", metavar="ID", multiple=True,
               help="Analyse this exam (sub-XX/ses-YY) or patient (sub-XX) again, clearing its quarantine, "
@@ -79,7 +81,7 @@ def main():
 @click.option("--scheduler", "scheduler_address", metavar="ADDRESS",
               help="Submit the patients to the Dask scheduler at ADDRESS (e.g. tcp://10.0.0.5:8786; dask-jobqueue on "
                    "SLURM, docs/OPERATIONS.md). The workers must see INPUT, OUT and the store (--db postgresql://).")
-@click.option("--worker-memory", default="4GB", show_default=True,
+@click.option("--worker-memory", default=BatchSettings.worker_memory, show_default=True,
               help="Memory limit of each --workers process (Dask restarts a worker above it).")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, change_model_dir, db_url, settle_minutes,
@@ -104,7 +106,8 @@ def run(input_path, out_dir, force, protocol, keep_identifiers, model_dir, chang
     log = None
     try:
         params, rules = load_params(protocol), load_protocol(protocol)
-        settings = batch.BatchSettings(settle_minutes, retries, lease_minutes, frozenset(retry_exams))
+        settings = BatchSettings(settle_minutes=settle_minutes, retries=retries, lease_minutes=lease_minutes,
+                                 retry_exams=frozenset(retry_exams))
         cluster = None
         if workers is not None or scheduler_address is not None:
             from msvol.ops.scheduler import Cluster

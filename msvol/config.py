@@ -48,7 +48,13 @@ class IngestParams:
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    n4_shrink_factor: int = _p(4, "voxels", "ANTs N4 default shrink factor (Tustison et al., IEEE TMI 2010)")
+    n4_fit_spacing_mm: float = _p(
+        6.0, "mm",
+        "msvol choice (issue 13): N4 fits its field on the image shrunk to about this voxel size (shrink 6 at 1 mm; "
+        "ANTs' default 4 took 9 s per image, 3 s at 6). The field's B-splines are 100 mm apart. `python "
+        "bench/n4_fit.py`, known spline / polynomial fields on an msvol synth visit, residual field spread (12 mm "
+        "blocks, 1-99 %): T1 0.112 / 0.098 at 6 mm against 0.121 / 0.099 at 4 (uncorrected 0.213 / 0.170); FLAIR "
+        "0.186 / 0.191 against 0.179 / 0.180 (uncorrected 0.215 / 0.171: N4 removes little of a FLAIR field)")
     n4_iterations: tuple[int, ...] = _p(
         (50, 50, 30), "iterations per fitting level", "msvol choice: 3 levels; ANTs default is 4 x 50 (slower)")
     n4_spline_distance_mm: float = _p(
@@ -234,6 +240,34 @@ class GrowParams:
         "msvol choice: a grown region above this raises its lower bound until it fits (<= the value); above the "
         "largest synthetic lesion (3000 mm3, x 2.3 when enlarging) and a 2 cm tumefactive lesion (4200 mm3); "
         "not tuned")
+
+
+# --- batch runs (msvol run, issue 13) -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a batch decides what to run and when to give up (the options of `msvol run`, ops/batch.py); run-time,
+    not in Params (no report depends on it)."""
+
+    settle_minutes: float = _p(
+        5.0, "minutes", "XNAT's 5-minute quiet period before it builds a received session; between Orthanc's "
+        "60 s stable age and mercure's 900 s per study (DOMAIN.md)")
+    retries: int = _p(2, "tries", "msvol choice (issue 13): a crash that happens 3 times is not transient")
+    lease_minutes: float = _p(
+        10.0, "minutes", "msvol choice: 10 heartbeats (one a minute) may be missed before another run takes the "
+        "claim over, longer than a busy NFS server or a database failover pauses")
+    worker_memory: str = _p(
+        "4GB", "bytes per Dask worker (`--worker-memory`)",
+        "msvol choice (issue 13): Dask restarts a worker above it; one pair peaked at 2.4 GB (docs/BENCHMARKS.md)")
+    retry_exams: frozenset[str] = frozenset()  # exam ("sub-XX/ses-YY") or patient ("sub-XX") ids to retry now
+
+    def __post_init__(self):
+        if self.settle_minutes < 0 or self.retries < 0 or self.lease_minutes <= 0:
+            raise ConfigError(f"settle minutes {self.settle_minutes} and retries {self.retries} must be >= 0 and "
+                              f"lease minutes {self.lease_minutes} > 0")
+
+    @property
+    def heartbeat_s(self) -> float:
+        return min(60.0, self.lease_minutes * 6)  # a tenth of the lease
 
 
 # --- cohort measures (msvol cohort, issue 13) -------------------------------------------------------------------

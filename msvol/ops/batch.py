@@ -31,7 +31,7 @@ from typing import Callable, Literal
 from sqlalchemy.exc import IntegrityError
 
 from msvol import pipeline
-from msvol.config import Params
+from msvol.config import BatchSettings, Params
 from msvol.errors import ConfigError, InputError, MsvolError, ProtocolError, RegistrationError, SpaceError
 from msvol.ingest import dicom as ingest_dicom, protocol
 from msvol.ops import claims, events, exams, results, states
@@ -41,33 +41,6 @@ from msvol.review import findings, store as review_store
 PSEUDONYMS = "#pseudonyms"  # the claim held while new DICOM patients get their pseudonyms
 EXAM_PROBLEMS = (InputError, SpaceError, ProtocolError, RegistrationError)  # the input's fault: refused
 Outcome = Literal["done", "skipped", "settling", "held", "set_aside", "failed", "quarantined"]
-
-
-def _setting(default, unit: str, source: str):
-    return dataclasses.field(default=default, metadata={"unit": unit, "source": source})
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSettings:
-    """How a batch decides what to run and when to give up (the options of `msvol run`)."""
-
-    settle_minutes: float = _setting(
-        5.0, "minutes", "XNAT's 5-minute quiet period before it builds a received session; between Orthanc's "
-        "60 s stable age and mercure's 900 s per study (DOMAIN.md)")
-    retries: int = _setting(2, "tries", "msvol choice (issue 13): a crash that happens 3 times is not transient")
-    lease_minutes: float = _setting(
-        10.0, "minutes", "msvol choice: 10 heartbeats (one a minute) may be missed before another run takes the "
-        "claim over, longer than a busy NFS server or a database failover pauses")
-    retry_exams: frozenset[str] = frozenset()  # exam ("sub-XX/ses-YY") or patient ("sub-XX") ids to retry now
-
-    def __post_init__(self):
-        if self.settle_minutes < 0 or self.retries < 0 or self.lease_minutes <= 0:
-            raise ConfigError(f"settle minutes {self.settle_minutes} and retries {self.retries} must be >= 0 and "
-                              f"lease minutes {self.lease_minutes} > 0")
-
-    @property
-    def heartbeat_s(self) -> float:
-        return min(60.0, self.lease_minutes * 6)  # a tenth of the lease
 
 
 @dataclasses.dataclass(frozen=True)

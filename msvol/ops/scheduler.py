@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from msvol.config import Params
+from msvol.config import BatchSettings, Params
 from msvol.errors import ConfigError
 from msvol.ops import batch, claims, exams
 from msvol.ops.events import Event
@@ -37,7 +37,7 @@ class Cluster:
 
     workers: int | None = None
     address: str | None = None
-    memory_limit: str = "4GB"  # per worker: the pipeline peaks near 2.7 GB on a 200^3 pair (docs/BENCHMARKS.md)
+    memory_limit: str = BatchSettings.worker_memory
 
     def __post_init__(self):
         if (self.workers is None) == (self.address is None):
@@ -100,7 +100,7 @@ def worker_state(out_dir: Path, db_url: str | None, model_dirs: tuple[Path | Non
     return WorkerState()
 
 
-def _task(job: exams.PatientJob, out_dir: Path, params: Params, settings: batch.BatchSettings,
+def _task(job: exams.PatientJob, out_dir: Path, params: Params, settings: BatchSettings,
           force: bool) -> tuple[batch.PatientResult, list[Event]]:
     """One patient on a worker: batch.process_patient with the worker's store, owner and models."""
     from dask.distributed import get_worker
@@ -118,7 +118,7 @@ def _task(job: exams.PatientJob, out_dir: Path, params: Params, settings: batch.
 
 
 def run_on_dask(cluster: Cluster, jobs: Iterable[exams.PatientJob], out_dir: Path, params: Params, *,
-                db_url: str | None, settings: batch.BatchSettings, force: bool,
+                db_url: str | None, settings: BatchSettings, force: bool,
                 model_dirs: tuple[Path | None, Path | None],
                 progress: Callable[[str], None] = lambda message: None
                 ) -> Iterator[tuple[batch.PatientResult, list[Event]]]:

@@ -49,10 +49,15 @@ def correct_bias(volume: Volume, params: PreprocessParams) -> Volume:
     # (below the mask's threshold) kept its raw scale while its neighbours were rescaled by ~1.5, and
     # differently at each visit (issue 12: it moved the T1 CSF level, hence PBVC). The field is smooth
     # everywhere, so divide the whole image by it.
-    field = ants.n4_bias_field_correction(image, mask=mask, shrink_factor=params.n4_shrink_factor,
+    field = ants.n4_bias_field_correction(image, mask=mask, shrink_factor=n4_shrink_factor(volume, params),
                                           convergence={"iters": list(params.n4_iterations), "tol": 1e-7},
                                           spline_param=params.n4_spline_distance_mm or None, return_bias_field=True)
     return volume.with_data((data / np.maximum(field.numpy(), 1e-6)).astype(np.float32))
+
+
+def n4_shrink_factor(volume: Volume, params: PreprocessParams) -> int:
+    """The whole-voxel shrink that brings the finest axis near `n4_fit_spacing_mm` (the field is smooth)."""
+    return max(1, round(params.n4_fit_spacing_mm / float(min(volume.spacing_mm))))
 
 
 def load_brain_extractor():

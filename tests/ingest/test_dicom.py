@@ -25,7 +25,8 @@ from msvol.config import IngestParams, Params
 from msvol.datatypes import Volume
 from msvol.errors import InputError
 from msvol.ingest import dicom as ingest_dicom, protocol
-from msvol.ops.batch import BatchSettings, run_batch
+from msvol.config import BatchSettings
+from msvol.ops.batch import run_batch
 from msvol.synth import dicom as synth_dicom
 from tests.builders import FLAIR_AFFINE, NUMBERS, PATIENT_A, PATIENT_B, SECRETS, T1_AFFINE, head, identity, rotation
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from msvol import pipeline
-from msvol.ops.batch import BatchSettings, run_batch
+from msvol.config import BatchSettings
+from msvol.ops.batch import run_batch
 from msvol.config import Params
 from msvol.datatypes import Patient, Volume
 from msvol.synth import dicom as synth_dicom

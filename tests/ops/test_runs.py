@@ -278,7 +278,8 @@ def test_a_run_whose_claim_was_taken_over_stops_at_the_next_stage_and_writes_not
     """A run stalled past its lease (here: its claim is handed to a "thief" under it) must not finish the
     patient: its heartbeat notices, and the next stage message stops the pipeline."""
     from msvol.config import Params
-    from msvol.ops.batch import BatchSettings, run_batch
+    from msvol.config import BatchSettings
+    from msvol.ops.batch import run_batch
 
     out = tmp_path / "out"
 
