@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/review_store.py --out bench/work/review --report docs/BENCHMARKS.md
 	$(PY) bench/cohort.py --reports 1000 --out bench/work/cohort --report docs/BENCHMARKS.md
 	$(PY) bench/run_bench.py --subjects 3 --out bench/work --report docs/BENCHMARKS.md
+	$(PY) bench/throughput.py --patients 4 --dry-patients 100 --out bench/work/throughput --report docs/BENCHMARKS.md
 
 # Regenerate the committed sample patient (seed 7; not a training seed). Bytes keep it < 30 MB.
 sample-data: $(STAMP)

@@ -6,6 +6,7 @@ pipeline._write_atomically (staging folder, then the swap): label maps computed 
 (bit-identical whenever the input is), and a report.json with a "generated" timestamp (the one field
 allowed to differ between two runs).
 
+`worker_plugin()` installs it in the worker processes of a Dask cluster (tests/ops/test_dask.py, bench/throughput.py).
 Run as a module, it is `msvol run` with this stand-in, for a subprocess:
     python -m tests.ops.quick_pipeline INPUT --out OUT [msvol run options]
 MSVOL_TEST_STAGE_S sets the pause; MSVOL_TEST_KILL="<point>:<subject>" makes the process kill itself
@@ -119,6 +120,19 @@ def install(monkeypatch=None) -> None:
     else:
         monkeypatch.setattr(pipeline.Resources, "load", staticmethod(load))
         monkeypatch.setattr(pipeline, "run_patient", run_patient)
+
+
+def worker_plugin():
+    """A dask.distributed worker plugin that installs the stand-in in each worker process (for --scheduler)."""
+    from distributed import WorkerPlugin
+
+    class QuickPipeline(WorkerPlugin):
+        name = "quick-pipeline"
+
+        def setup(self, worker=None):
+            install()
+
+    return QuickPipeline()
 
 
 if __name__ == "__main__":

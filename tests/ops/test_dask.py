@@ -21,26 +21,13 @@ from tests.ops.test_runs import age, analysed, events, exam_states, run
 pytest.importorskip("distributed")
 
 
-def quick_pipeline_plugin():
-    """Worker plugin: the stand-in pipeline in each worker process (as monkeypatch does in this one)."""
-    from distributed import WorkerPlugin
-
-    class QuickPipeline(WorkerPlugin):
-        name = "quick-pipeline"
-
-        def setup(self, worker=None):
-            quick_pipeline.install()
-
-    return QuickPipeline()
-
-
 @pytest.fixture
 def dask_cluster():
     from dask.distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        client.register_plugin(quick_pipeline_plugin())
+        client.register_plugin(quick_pipeline.worker_plugin())
         yield cluster.scheduler_address
 
 
