@@ -48,6 +48,10 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 100
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    # Fine-tuning (issue 12): start from this bundle's weights ("" = from scratch), and the FLAIR lesion
+    # brightness range relative to white matter (randomise.FLAIR_RANGES["lesion"] when empty).
+    init_bundle: str = ""
+    flair_lesion_range: tuple[float, ...] = ()
 
 
 def load_settings(path: Path | None, **overrides) -> TrainSettings:
@@ -168,6 +172,9 @@ def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSetting
         log(f"{len(cases)} training cases ready in {time.time() - began:.0f} s")
     architecture = bundle.architecture(settings.task, settings.channels)
     network = bundle.build_network(architecture)
+    if settings.init_bundle:
+        network.load_state_dict(bundle.load_bundle(Path(settings.init_bundle), settings.task).network.state_dict())
+        log(f"weights from {settings.init_bundle}")
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=settings.steps)
     # Dice over the whole batch: per-sample Dice on lesion-free patches rewards over-segmentation.
@@ -181,7 +188,8 @@ def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSetting
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
         log(f"resumed from step {start}")
-    transform = training_transforms(settings.task, settings.patch_size, settings.batch_size)
+    transform = training_transforms(settings.task, settings.patch_size, settings.batch_size,
+                                    flair_lesion_range=settings.flair_lesion_range or None)
     transform.set_random_state(seed=settings.seed + start)  # a resumed run continues with fresh draws
     sampler = torch.utils.data.RandomSampler(range(len(cases)), replacement=True,
                                              num_samples=max(settings.steps - start, 1),

@@ -84,3 +84,10 @@ def test_bias_correction_reaches_dark_voxels_inside_the_head():
     void, around = ratio[32:38, 21:27, 21:27], ratio[near][head[near] & (image[near] > 50)]
     assert void.mean() == pytest.approx(np.median(around), rel=0.02)
     assert ratio[head].std() / ratio[head].mean() > 0.05  # a real correction happened
+
+
+@pytest.mark.parametrize("spacing_mm, shrink", [((1.0, 1.0, 1.0), 6), ((1.0, 1.0, 1.2), 6), ((1.2, 1.2, 1.2), 5),
+                                                ((2.0, 2.0, 2.0), 3), ((0.8, 0.8, 1.0), 8), ((8.0, 8.0, 8.0), 1)])
+def test_n4_fits_its_field_near_the_configured_voxel_size(spacing_mm, shrink):
+    volume = Volume(np.zeros((4, 4, 4), np.float32), np.diag([*spacing_mm, 1.0]), "T1w")
+    assert preprocess.n4_shrink_factor(volume, PARAMS) == shrink

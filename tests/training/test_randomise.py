@@ -73,6 +73,15 @@ def test_contrast_is_the_drawn_intensity_of_each_tissue_relative_to_white_matter
         np.testing.assert_allclose(image[channel, MIX], expected, rtol=1e-6)
 
 
+def test_a_fine_tuning_lesion_range_replaces_only_the_flair_lesion_brightness():
+    draws = [render(contrast(visit_jitter=0.0, flair_lesion_range=(1.15, 1.2)), seed) for seed in range(10)]
+    defaults = [render(contrast(visit_jitter=0.0), seed) for seed in range(10)]
+    for image, default in zip(draws, defaults):
+        assert 1.15 - 1e-6 <= image[0, LESION].flat[0] <= 1.2 + 1e-6
+        np.testing.assert_array_equal(image[1], default[1])  # T1 and the other FLAIR tissues as before
+        np.testing.assert_array_equal(image[0, :LESION], default[0, :LESION])
+
+
 def test_contrast_is_divided_by_the_median_of_the_brain_sample():
     """Brain of 3 GM and 2 WM voxels: the median is GM's intensity, so GM renders as 1 and WM as 1 / GM."""
     reference = render(contrast(visit_jitter=0.0), 5)  # WM-only brain: values relative to WM

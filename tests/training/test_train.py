@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from msvol.errors import ConfigError, ModelError
 from msvol.models import bundle
@@ -99,6 +100,20 @@ def test_train_change_task_writes_a_change_bundle(tmp_path):
 
 
 # --- settings -------------------------------------------------------------------------------------
+
+
+def test_fine_tuning_starts_from_the_given_bundle(tmp_path):
+    """init_bundle: the network starts with that bundle's weights (a zero learning rate keeps them)."""
+    first = train.train(tmp_path / "first", None, tiny_settings(steps=2), log=lambda message: None,
+                        cases=tiny_cases("per_visit"))
+    settings = dataclasses.replace(tiny_settings(steps=1), init_bundle=str(first), learning_rate=0.0,
+                                   flair_lesion_range=(1.15, 3.0))
+    messages = []
+    tuned = train.train(tmp_path / "tuned", None, settings, log=messages.append, cases=tiny_cases("per_visit"))
+    assert f"weights from {first}" in messages
+    before, after = (bundle.load_bundle(folder, "per_visit").network.state_dict() for folder in (first, tuned))
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert train.load_settings(tuned / "configs" / "train.yaml") == settings
 
 
 def test_load_settings_without_a_file_gives_the_defaults_and_overrides():
