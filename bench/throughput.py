@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -79,23 +81,32 @@ def msvol_run(data: Path, out: Path, *options: str, stand_in: bool = False) -> l
             "--quiet", *options]
 
 
+PAIR_MODES = {"serial": ("one after the other (default)", ()), "workers-1": ("--workers 1", ("--workers", "1")),
+              "workers-2": ("--workers 2", ("--workers", "2"))}
+
+
 def real_pairs(args) -> list[dict]:
+    """Measure the --modes, keep every mode's row in OUT/pairs.json (a mode not measured now keeps its row)."""
     data = args.out / "data"
     if not data.exists():
         subprocess.run([sys.executable, "-m", "msvol", "synth", str(data), "--subjects", str(args.patients),
                         "--visits", "2", "--seed", str(FIRST_SEED), "--quiet"], check=True, cwd=ROOT)
-    rows = []
-    for label, options in (("one after the other (default)", ()), ("--workers 1", ("--workers", "1")),
-                           ("--workers 2", ("--workers", "2"))):
-        out = args.out / "runs" / label.split()[0].strip("-")
-        seconds, peaks = timed_run(msvol_run(data, out, "--force", *options))
+    stored = args.out / "pairs.json"
+    rows = json.loads(stored.read_text()) if stored.exists() else {}
+    for mode in args.modes:
+        label, options = PAIR_MODES[mode]
+        out = args.out / "runs" / mode
+        shutil.rmtree(out, ignore_errors=True)
+        seconds, peaks = timed_run(msvol_run(data, out, *options))
         done = len(list(out.glob("sub-*/report.json")))
         if done != args.patients:
             raise SystemExit(f"{label}: {done} of {args.patients} reports written")
-        rows.append({"mode": label, "pairs": done, "seconds": seconds, "pairs_per_hour": 3600 * done / seconds,
-                     "peak_gb": max(peaks.values()) / 1e9, "processes": len(peaks)})
-        print(rows[-1], flush=True)
-    return rows
+        rows[mode] = {"mode": label, "pairs": done, "seconds": seconds, "pairs_per_hour": 3600 * done / seconds,
+                      "peak_gb": max(peaks.values()) / 1e9, "processes": len(peaks),
+                      "load": os.getloadavg()[0], "date": dt.date.today().isoformat()}
+        print(rows[mode], flush=True)
+        stored.write_text(json.dumps(rows, indent=1))
+    return [rows[mode] for mode in PAIR_MODES if mode in rows]
 
 
 def dry_runs(args) -> list[dict]:
@@ -117,6 +128,7 @@ def dry_runs(args) -> list[dict]:
         rows.append({"mode": label, "exams": exams, "seconds": seconds, "ms_per_exam": 1000 * seconds / exams})
         print(rows[-1], flush=True)
 
+    shutil.rmtree(args.out / "dry-out", ignore_errors=True)  # a first run must find nothing done
     serial = args.out / "dry-out" / "serial"
     measure("one after the other: first run", serial)
     measure("one after the other: second run, nothing new", serial)
@@ -138,7 +150,7 @@ def report(args, pairs: list[dict], dry: list[dict]) -> None:
              f"{os.getloadavg()[0]:.1f} at the end).", "",
              f"Real pairs: {args.patients} msvol synth patients (seeds {FIRST_SEED}-{FIRST_SEED + args.patients - 1}, "
              "184 x 220 x 188 at 1 mm, FLAIR + T1, two visits), the whole pipeline and report per patient, "
-             "`msvol run DATA --out OUT --force --settle-minutes 0` as a new process (model loading and, for "
+             "`msvol run DATA --out OUT --settle-minutes 0` into an empty OUT, as a new process (model loading and, for "
              "--workers, the cluster's start-up included). Peak memory: the largest resident set of any process "
              "of the run (the Dask worker's for --workers), sampled every 0.2 s. Targets: one pair <= 60 s on 2 "
              "cores, <= 4 GB per worker.", "",
@@ -161,11 +173,12 @@ def main() -> None:
     parser.add_argument("--dry-patients", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("bench/work/throughput"))
     parser.add_argument("--report", type=Path, default=Path("docs/BENCHMARKS.md"))
-    parser.add_argument("--skip-pairs", action="store_true", help="only the dry run (a quick try)")
+    parser.add_argument("--modes", nargs="*", choices=list(PAIR_MODES), default=list(PAIR_MODES),
+                        help="real-pair modes to measure (others keep their row from an earlier run); none: dry run only")
     args = parser.parse_args()
     args.out = args.out.resolve()
     dry = dry_runs(args)
-    pairs = [] if args.skip_pairs else real_pairs(args)
+    pairs = real_pairs(args)
     report(args, pairs, dry)
 
 
