@@ -61,8 +61,8 @@ def main():
 @click.option("--db", "db_url", metavar="URL",
               help="Store of exam states, claims and findings (default: SQLite at OUT/msvol.db; on NFS use "
                    "postgresql://..., see docs/OPERATIONS.md).")
-@click.option("--settle-minutes", type=click.FloatRange(min=0), default=BatchSettings.settle_minutes, show_default=True,
-              envvar="MSVOL_SETTLE_MINUTES", show_envvar=True,
+@click.option("--settle-minutes", type=click.FloatRange(min=0), default=BatchSettings.settle_minutes,
+              show_default=True, envvar="MSVOL_SETTLE_MINUTES", show_envvar=True,
               help="An exam is analysed once no file in it changed for this long (an export still being copied "
                    "is left for the next run); 0 for data known to be complete.")
 @click.option("--retries", type=click.IntRange(min=0), default=BatchSettings.retries, show_default=True,
