@@ -44,15 +44,17 @@ bench-heldout: $(STAMP)
 	$(PY) bench/heldout.py --contrast shifted --subjects 8
 	$(PY) bench/checkset.py --report docs/BENCHMARKS.md
 
-# Retrain both shipped lesion models from scratch with their own configs (CPU, in parallel; docs/MODEL.md).
-# Copy build/train-*/bundle over msvol/models/lesion_* to ship the result.
+# Retrain both shipped lesion models from scratch (CPU, the two in parallel; docs/MODEL.md): the 2.0 recipes
+# (msvol/training/recipes), then the 3.0 fine-tuning from them (the shipped bundles' own configs).
+# Copy build/train-per-visit/bundle and build/train-change/bundle over msvol/models/lesion_* to ship the result.
 RENDER = from pathlib import Path; from msvol.training import train; train.render_label_cases(range($(1), 1012, 2), Path("build/labelcache"))
+TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --cache build/labelcache
 train: $(STAMP)
 	$(PY) -c '$(call RENDER,1000)' & $(PY) -c '$(call RENDER,1001)'; wait
-	OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --config msvol/models/lesion_segmenter/configs/train.yaml \
-	  --out build/train-per-visit --cache build/labelcache & \
-	OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --config msvol/models/lesion_change/configs/train.yaml \
-	  --out build/train-change --cache build/labelcache; wait
+	$(TRAIN) --config msvol/training/recipes/per-visit-2.0.yaml --out build/train-per-visit-2.0 & \
+	$(TRAIN) --config msvol/training/recipes/change-2.0.yaml --out build/train-change-2.0; wait
+	$(TRAIN) --config msvol/models/lesion_segmenter/configs/train.yaml --out build/train-per-visit & \
+	$(TRAIN) --config msvol/models/lesion_change/configs/train.yaml --out build/train-change; wait
 
 clean:
 	rm -rf out build bench/work

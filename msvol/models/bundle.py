@@ -15,6 +15,7 @@ another folder of the same role with `msvol run --model` / `--change-model`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 import shutil
@@ -81,11 +82,18 @@ def write_bundle(folder: Path, network, settings) -> Path:
     (folder / "models").mkdir(exist_ok=True)
     task = settings.task
     spec = architecture(task, settings.channels)
+    changelog, provenance = {}, {}
+    if settings.init_bundle:  # a fine-tuning run: keep the history, record the exact starting weights
+        base = load_bundle(Path(settings.init_bundle), task)
+        changelog = dict(base.metadata.get("changelog", {}))
+        provenance = {"initialised_from": {"name": base.name, "version": base.metadata.get("version"),
+                                           "model_sha256": weights_digest(base.folder)}}
+    changelog[settings.version] = settings.change_note
     metadata = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
         "name": f"msvol-{task.replace('_', '-')}-unet-synth",
-        "version": "2.0.0",
-        "changelog": {"2.0.0": "domain-randomised training on msvol synth label maps (issue 3)"},
+        "version": settings.version,
+        "changelog": changelog,
         "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__, "required_packages_version": {},
         "task": OUTPUTS[task], "description": "msvol lesion model; see docs/MODEL.md of msvol.",
@@ -102,7 +110,7 @@ def write_bundle(folder: Path, network, settings) -> Path:
                                  "spatial_shape": [96, 96, 96], "dtype": "float32", "is_patch_data": True,
                                  "channel_def": {"0": OUTPUTS[task]}}}},
         "msvol": {"role": task, "channels": CHANNELS[task], "normalisation": NORMALISATION, "spacing_mm": 1.0,
-                  "trained_on": platform.processor() or platform.machine()},
+                  "trained_on": platform.processor() or platform.machine(), **provenance},
     }
     inference = {
         **spec,
@@ -122,6 +130,11 @@ def write_bundle(folder: Path, network, settings) -> Path:
         (folder / "training").mkdir(exist_ok=True)
         shutil.copyfile(curve, folder / "training" / "loss.csv")
     return folder
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 of a bundle's models/model.pt: names the exact weights a fine-tuning started from."""
+    return hashlib.sha256((Path(folder) / "models" / "model.pt").read_bytes()).hexdigest()
 
 
 def load_bundle(folder: Path | None, role: str) -> Bundle:

@@ -33,6 +33,9 @@ TASKS = ("per_visit", "change")
 TRAINING_SYNTH = SynthSettings(n_visits=3, site_weights=(0.35, 0.3, 0.2, 0.15), confluent_fraction=0.15,
                                n_new_per_interval=(3, 6), n_enlarging_per_interval=(1, 3),
                                new_lesion_volume_mm3=(10.0, 1500.0))
+# The from-scratch recipes of earlier bundle versions; a shipped bundle's own configs/train.yaml is
+# the last stage (3.0.0: a fine-tuning of the 2.0 recipe's result; `make train` runs both).
+RECIPES = Path(__file__).parent / "recipes"
 BRAIN_SAMPLE_SIZE = 20000  # brain voxels kept per visit to normalise rendered patches by the brain median
 BACKGROUND_SAMPLE_SIZE = 50000  # head voxels kept per case as candidate centres of background patches
 
@@ -52,6 +55,10 @@ class TrainSettings:
     # brightness range relative to white matter (randomise.FLAIR_RANGES["lesion"] when empty).
     init_bundle: str = ""
     flair_lesion_range: tuple[float, ...] = ()
+    # What the bundle calls itself: its version and the changelog line of this run (carried forward
+    # after the init bundle's changelog).
+    version: str = "2.0.0"
+    change_note: str = "domain-randomised training on msvol synth label maps (issue 3)"
 
 
 def load_settings(path: Path | None, **overrides) -> TrainSettings:

@@ -4,6 +4,7 @@ refusals naming the file), and the shipped bundles. Tiny randomly initialised ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -12,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from msvol.errors import ModelError  # noqa: E402
 from msvol.models import bundle  # noqa: E402
-from msvol.training.train import TrainSettings  # noqa: E402
+from msvol.training.train import RECIPES, TrainSettings, load_settings  # noqa: E402
 from tests.builders import TINY_CHANNELS, save_bundle, tiny_network  # noqa: E402
 
 
@@ -82,6 +83,29 @@ def test_bundle_train_yaml_records_the_settings(tmp_path):
     recorded = yaml.safe_load((folder / "configs" / "train.yaml").read_text())
     assert recorded["task"] == "change" and recorded["steps"] == 7 and recorded["seed"] == 3
     assert recorded["channels"] == list(TINY_CHANNELS)
+
+
+def test_a_fine_tuned_bundle_keeps_the_changelog_and_names_its_starting_weights(tmp_path):
+    first = bundle.write_bundle(tmp_path / "first", tiny_network(), TrainSettings(channels=TINY_CHANNELS))
+    settings = TrainSettings(channels=TINY_CHANNELS, init_bundle=str(first), version="3.0.0", change_note="tuned")
+    second = bundle.write_bundle(tmp_path / "second", tiny_network(), settings)
+    metadata = json.loads((second / "configs" / "metadata.json").read_text())
+    assert metadata["version"] == "3.0.0"
+    assert list(metadata["changelog"]) == ["2.0.0", "3.0.0"] and metadata["changelog"]["3.0.0"] == "tuned"
+    assert metadata["msvol"]["initialised_from"] == {
+        "name": "msvol-per-visit-unet-synth", "version": "2.0.0",
+        "model_sha256": hashlib.sha256((first / "models" / "model.pt").read_bytes()).hexdigest()}
+
+
+def test_the_shipped_bundles_are_3_0_fine_tuned_from_2_0_and_their_recipes_load():
+    for role, folder in bundle.SHIPPED.items():
+        metadata = bundle.load_bundle(None, role).metadata
+        assert metadata["version"] == "3.0.0" and set(metadata["changelog"]) == {"2.0.0", "3.0.0"}
+        assert metadata["msvol"]["initialised_from"]["version"] == "2.0.0"
+        shipped = load_settings(folder / "configs" / "train.yaml")
+        scratch = load_settings(RECIPES / f"{role.replace('_', '-')}-2.0.yaml")
+        assert (shipped.version, scratch.version, scratch.init_bundle) == ("3.0.0", "2.0.0", "")
+        assert shipped.init_bundle == f"build/train-{role.replace('_', '-')}-2.0/bundle"  # where `make train` puts 2.0
 
 
 @pytest.mark.parametrize("part", ["configs/metadata.json", "configs/inference.json", "models/model.pt"])
