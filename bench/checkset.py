@@ -32,13 +32,15 @@ BEGIN, END = "<!-- check set bench: begin -->", "<!-- check set bench: end -->"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(out: Path, subjects: int | None) -> dict:
-    designs = checkset.default_designs()[:subjects] if subjects else checkset.default_designs()
+def run(out: Path, subjects: int | None, *, seed: int = checkset.CHECKSET_SEED, params: Params | None = None) -> dict:
+    """Write the check set of `seed` (kept when there) into OUT/data, run msvol with `params` (default: `msvol
+    run`'s) into OUT/fused, score it into OUT/fused.json; returns the summary (also OUT/summary.json)."""
+    designs = checkset.default_designs(seed)[:subjects] if subjects else checkset.default_designs(seed)
     data = out / "data"
     started = time.perf_counter()
-    checkset.write_checkset(data, designs, log=lambda message: print(message, file=sys.stderr, flush=True))
+    checkset.write_checkset(data, designs, seed=seed, log=lambda message: print(message, file=sys.stderr, flush=True))
     generation_seconds = time.perf_counter() - started
-    params, resources = Params(), pipeline.Resources.load()
+    params, resources = params or Params(), pipeline.Resources.load()
     seconds, set_aside = {}, {}
     for design in designs:
         subject_dir = data / f"sub-{design.subject}"

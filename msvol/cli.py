@@ -253,7 +253,8 @@ def check(exams, protocol, keep_identifiers, json_path):
 @click.argument("out_dir", metavar="OUT", type=click.Path(path_type=Path))
 @click.option("--subjects", default=1, show_default=True, help="How many synthetic patients.")
 @click.option("--visits", default=3, show_default=True, help="Visits per patient (>= 1).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the first patient (then seed+1, ...).")
+@click.option("--seed", type=int, help="Seed of the first patient (then seed+1, ...); default 0, and 4100 (the check "
+                                      "set) with --checkset; another seed gives another set of its design.")
 @click.option("--intensity-scale", default=1000.0, show_default=True,
               help="Stored value of intensity 1.0; below ~250 images are stored as bytes (smaller files).")
 @click.option("--noise", nargs=2, type=float, default=(0.012, 0.025), show_default=True,
@@ -261,8 +262,8 @@ def check(exams, protocol, keep_identifiers, json_path):
 @click.option("--contrast", type=click.Choice(["standard", "shifted"]), default="standard", show_default=True,
               help="Tissue intensities; 'shifted' lies outside the models' training ranges (robustness tests).")
 @click.option("--checkset", is_flag=True,
-              help="Write the independent check set instead (msvol.synth.checkset: 7 subjects of 2 visits from fixed "
-                   "seeds, made by a second method; the other options do not apply; subjects already there are kept).")
+              help="Write the independent check set instead (msvol.synth.checkset: 7 subjects of 2 visits drawn from "
+                   "--seed, made by a second method; the other options do not apply; subjects already there are kept).")
 @click.option("--quiet", is_flag=True, help="Print only the output folder.")
 def synth(out_dir, subjects, visits, seed, intensity_scale, noise, contrast, checkset, quiet):
     """Write synthetic patients with known truth as a BIDS dataset in OUT (truth in OUT/derivatives/truth)."""
@@ -271,11 +272,12 @@ def synth(out_dir, subjects, visits, seed, intensity_scale, noise, contrast, che
     if checkset:
         from msvol.synth import checkset as check_set
 
-        check_set.write_checkset(out_dir, log=_echo(quiet))
+        check_set.write_checkset(out_dir, seed=check_set.CHECKSET_SEED if seed is None else seed, log=_echo(quiet))
         click.echo(str(out_dir))
         return
     if visits < 1 or subjects < 1:
         raise click.BadParameter("--subjects and --visits must be at least 1")
+    seed = 0 if seed is None else seed
     settings = generator.SynthSettings(n_visits=visits, intensity_scale=intensity_scale, noise_fraction=tuple(noise),
                                        contrast=contrast)
     progress = _echo(quiet)

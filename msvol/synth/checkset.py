@@ -44,6 +44,9 @@ from msvol.synth.checkset_book import LesionBook
 CHECKSET_VERSION = "1"
 CHECKSET_SEED = 4100  # subject i draws from [CHECKSET_SEED, i]; base patients 4101-4107, donor 4199
 DONOR_SEED = 4199
+# Another seed gives another set of the same design: bench/calibrate_operating_points.py chooses the
+# thresholds on CALIBRATION_SEED's set, so the check set itself stays held out.
+CALIBRATION_SEED = 4300
 DONT_COUNT = ("new_below_minimum", "enlarging_by_merger", "enlarging_below_noise")
 
 
@@ -94,14 +97,14 @@ class SubjectDesign:
     anatomy: AnatomyVariation = field(default_factory=AnatomyVariation)
 
 
-def default_designs() -> tuple[SubjectDesign, ...]:
-    """Six change subjects and one scan-rescan subject, drawn once from CHECKSET_SEED.
+def default_designs(seed: int = CHECKSET_SEED) -> tuple[SubjectDesign, ...]:
+    """Six change subjects and one scan-rescan subject, drawn once from `seed` (base patients seed+1..seed+7).
 
     Each change subject has 7 counted new lesions (2 of 14-30, 2 of 30-100, 2 of 100-500 and 1 of
     500-1400 mm3 designed) with FLAIR contrasts spread over 0.15-0.80; subjects 01, 03 and 05 also one
     of 10-12 mm3 (below the consensus minimum, not counted).
     """
-    rng = np.random.default_rng(CHECKSET_SEED)
+    rng = np.random.default_rng(seed)
     cycle = ("periventricular", "deep_white_matter", "juxtacortical", "infratentorial")
     enlarging = ((2.2, 3.0), (2.5,), (2.0, 2.8), (2.4,), (3.0, 2.0), (2.6,))
     pbvc = (-1.0, -0.6, -1.4, -0.8, -2.0, -0.5)
@@ -123,13 +126,13 @@ def default_designs() -> tuple[SubjectDesign, ...]:
             sites.append("deep_white_matter")
             contrasts.append(round(float(rng.uniform(0.3, 0.8)), 3))
         designs.append(SubjectDesign(
-            subject=f"{index + 1:02d}", base_seed=CHECKSET_SEED + 1 + index, pbvc_percent=pbvc[index],
+            subject=f"{index + 1:02d}", base_seed=seed + 1 + index, pbvc_percent=pbvc[index],
             years=round(float(rng.uniform(0.8, 1.3)), 3), new_volumes_mm3=tuple(round(v, 1) for v in volumes),
             new_sites=tuple(sites), new_contrasts=tuple(float(c) for c in contrasts),
             enlarging_factors=enlarging[index], merger=index == 3,
             below_noise_factor=1.07 if index == 4 else None,
             anisotropic_followup=index == 0, las=index == 1))
-    designs.append(SubjectDesign(subject="07", base_seed=CHECKSET_SEED + 7, rescan=True, years=7 / 365.25,
+    designs.append(SubjectDesign(subject="07", base_seed=seed + 7, rescan=True, years=7 / 365.25,
                                  small_old_volumes_mm3=(15.0, 20.0, 28.0, 40.0, 60.0, 90.0)))
     return tuple(designs)
 
@@ -289,25 +292,29 @@ def _measure(visit: dict) -> dict[int, tuple[float, list]]:
             for i, n, c in zip(ids, counts, centres)}
 
 
-def write_checkset(root, designs: tuple[SubjectDesign, ...] | None = None, *, log=lambda message: None) -> list:
-    """Write the check set as BIDS with truth in derivatives/truth; subjects already written are kept.
+def write_checkset(root, designs: tuple[SubjectDesign, ...] | None = None, *, seed: int = CHECKSET_SEED,
+                   log=lambda message: None) -> list:
+    """Write the check set of `seed` as BIDS with truth in derivatives/truth; subjects already written are kept.
+
+    `designs` default to default_designs(seed); lesion donors come from patient seed + 99.
 
     Returns the subject folders. Each subject takes 1-3 minutes on 2 cores (most of it the base patient).
     """
     from pathlib import Path
 
     root = Path(root)
-    designs = default_designs() if designs is None else designs
+    designs = default_designs(seed) if designs is None else designs
+    donor_seed = DONOR_SEED - CHECKSET_SEED + seed
     donors = None
     folders = []
     for index, design in enumerate(designs, start=1):
         truth = root / "derivatives" / "truth" / f"sub-{design.subject}" / f"sub-{design.subject}_truth.json"
         if not truth.is_file():
             if donors is None:
-                log(f"check set: donor lesion shapes (msvol.synth.patients seed {DONOR_SEED})")
-                donors = donors_from_generator()
+                log(f"check set: donor lesion shapes (msvol.synth.patients seed {donor_seed})")
+                donors = donors_from_generator(donor_seed)
             log(f"check set: sub-{design.subject} (base seed {design.base_seed})")
-            subject = make_subject(base_from_generator(design.base_seed), design, [CHECKSET_SEED, index], donors)
+            subject = make_subject(base_from_generator(design.base_seed), design, [seed, index], donors)
             render.write_subject(subject, root, design.subject)
         folders.append(root / f"sub-{design.subject}")
     return folders

@@ -234,3 +234,15 @@ def test_a_perfect_prediction_scores_perfectly(changes, tmp_path):
     assert overall["mean_dice"] == 1.0 and overall["false_new"] == 0 and overall["false_enlarging"] == 0
     assert overall["new_sensitivity"] == 1.0 and overall["truth_new"] == 4
     assert overall["enlarging_sensitivity"] == 1.0 and overall["truth_enlarging"] == 1
+
+
+def test_another_seed_draws_another_set_of_the_same_design():
+    """The calibration set (CALIBRATION_SEED) has the check set's design but other patients and lesion draws,
+    so thresholds chosen on it leave the check set held out."""
+    held_out, calibration = checkset.default_designs(), checkset.default_designs(checkset.CALIBRATION_SEED)
+    assert held_out == checkset.default_designs(checkset.CHECKSET_SEED)
+    assert [d.subject for d in held_out] == [d.subject for d in calibration]
+    assert [d.rescan for d in held_out] == [d.rescan for d in calibration]
+    assert [len(d.new_volumes_mm3) for d in held_out] == [len(d.new_volumes_mm3) for d in calibration]
+    assert not {d.base_seed for d in held_out} & {d.base_seed for d in calibration}
+    assert all(a.new_volumes_mm3 != b.new_volumes_mm3 for a, b in zip(held_out[:6], calibration[:6]))
