@@ -39,7 +39,8 @@ class RandTissueContrastd(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, fraction_keys, brain_sample_keys, image_key: str = "image", visit_jitter: float = 0.03,
-                 t1_dropout: float = 0.0, flair_lesion_range: tuple[float, float] | None = None):
+                 t1_dropout: float = 0.0, flair_lesion_range: tuple[float, float] | None = None,
+                 t1_lesion_range: tuple[float, float] | None = None):
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, fraction_keys)
         self.brain_sample_keys = list(brain_sample_keys)
@@ -48,13 +49,14 @@ class RandTissueContrastd(RandomizableTransform, MapTransform):
         self.t1_dropout = t1_dropout
         self.flair_ranges = FLAIR_RANGES if flair_lesion_range is None else \
             {**FLAIR_RANGES, "lesion": tuple(flair_lesion_range)}
+        self.t1_ranges = T1_RANGES if t1_lesion_range is None else {**T1_RANGES, "lesion": tuple(t1_lesion_range)}
 
     def _draw(self, ranges: dict) -> np.ndarray:
         return np.array([self.R.uniform(*ranges[name]) for name in FRACTION_CHANNELS])
 
     def __call__(self, data):
         sample = dict(data)
-        contrasts = {"flair": self._draw(self.flair_ranges), "t1": self._draw(T1_RANGES)}
+        contrasts = {"flair": self._draw(self.flair_ranges), "t1": self._draw(self.t1_ranges)}
         drop_t1 = self.R.uniform() < self.t1_dropout
         channels = {"flair": [], "t1": []}
         for key, brain_key in zip(self.keys, self.brain_sample_keys):
@@ -100,9 +102,10 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         return sample
 
 
-def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_range=None):
+def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_range=None, t1_lesion_range=None):
     """The MONAI pipeline for one task ('per_visit' or 'change'): crop, render, deform, degrade.
-    `flair_lesion_range` replaces FLAIR_RANGES["lesion"] (fine-tuning to fainter lesions)."""
+    `flair_lesion_range` and `t1_lesion_range` replace FLAIR_RANGES["lesion"] and T1_RANGES["lesion"]
+    (fine-tuning to fainter lesions)."""
     from monai import transforms as T
 
     if task == "per_visit":
@@ -118,7 +121,8 @@ def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_ra
         T.RandCropByLabelClassesd(fraction_keys + ["label"], "label_classes", crop_size, ratios=ratios,
                                   num_classes=len(ratios), num_samples=num_samples, indices_key="class_indices",
                                   warn=False),
-        RandTissueContrastd(fraction_keys, brain_keys, t1_dropout=t1_dropout, flair_lesion_range=flair_lesion_range),
+        RandTissueContrastd(fraction_keys, brain_keys, t1_dropout=t1_dropout, flair_lesion_range=flair_lesion_range,
+                            t1_lesion_range=t1_lesion_range),
         T.Rand3DElasticd(spatial, sigma_range=(5, 8), magnitude_range=(0, 60), prob=0.8, spatial_size=patch_size,
                          rotate_range=(0.3, 0.3, 0.3), scale_range=(0.15, 0.15, 0.15), shear_range=0.05,
                          mode=("bilinear", "nearest"), padding_mode="zeros"),

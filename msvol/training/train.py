@@ -51,10 +51,11 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 100
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    # Fine-tuning (issue 12): start from this bundle's weights ("" = from scratch), and the FLAIR lesion
-    # brightness range relative to white matter (randomise.FLAIR_RANGES["lesion"] when empty).
+    # Fine-tuning (issue 12): start from this bundle's weights ("" = from scratch), and the lesion
+    # intensity ranges relative to white matter (randomise.FLAIR_RANGES / T1_RANGES["lesion"] when empty).
     init_bundle: str = ""
     flair_lesion_range: tuple[float, ...] = ()
+    t1_lesion_range: tuple[float, ...] = ()
     # What the bundle calls itself: its version and the changelog line of this run (carried forward
     # after the init bundle's changelog).
     version: str = "2.0.0"
@@ -196,7 +197,8 @@ def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSetting
         start = state["step"]
         log(f"resumed from step {start}")
     transform = training_transforms(settings.task, settings.patch_size, settings.batch_size,
-                                    flair_lesion_range=settings.flair_lesion_range or None)
+                                    flair_lesion_range=settings.flair_lesion_range or None,
+                                    t1_lesion_range=settings.t1_lesion_range or None)
     transform.set_random_state(seed=settings.seed + start)  # a resumed run continues with fresh draws
     sampler = torch.utils.data.RandomSampler(range(len(cases)), replacement=True,
                                              num_samples=max(settings.steps - start, 1),

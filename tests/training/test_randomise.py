@@ -82,6 +82,16 @@ def test_a_fine_tuning_lesion_range_replaces_only_the_flair_lesion_brightness():
         np.testing.assert_array_equal(image[0, :LESION], default[0, :LESION])
 
 
+def test_a_t1_lesion_range_replaces_only_the_t1_lesion_intensity():
+    """Near-isointense T1 lesions (issue 12): T1 lesion 0.9-1.0 x WM, everything else drawn as before."""
+    draws = [render(contrast(visit_jitter=0.0, t1_lesion_range=(0.9, 1.0)), seed) for seed in range(10)]
+    defaults = [render(contrast(visit_jitter=0.0), seed) for seed in range(10)]
+    for image, default in zip(draws, defaults):
+        assert 0.9 - 1e-6 <= image[1, LESION].flat[0] <= 1.0 + 1e-6
+        np.testing.assert_array_equal(image[0], default[0])
+        np.testing.assert_array_equal(image[1, :LESION], default[1, :LESION])
+
+
 def test_contrast_is_divided_by_the_median_of_the_brain_sample():
     """Brain of 3 GM and 2 WM voxels: the median is GM's intensity, so GM renders as 1 and WM as 1 / GM."""
     reference = render(contrast(visit_jitter=0.0), 5)  # WM-only brain: values relative to WM
