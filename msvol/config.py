@@ -111,7 +111,8 @@ class SegmentParams:
         "msvol choice for the per-visit bundle 2.0.0, on a held-out synthetic patient (seed 300, 2 visits; "
         "bench/calibrate_threshold.py, log in bench/): lesion-wise F1 1.000/0.977 at 0.4-0.8, voxel Dice "
         "0.860/0.865 at 0.5, 0.876/0.879 at 0.7, 0.893/0.898 at 0.9 (volume ratio 1.28 -> 1.23 -> 1.15); "
-        "0.7 chosen before this log, higher values not tried on the held-out set")
+        "0.7 chosen before this log, higher values not tried on the held-out set; kept for bundles 3.0.0, "
+        "not chosen again")
     roi_size: tuple[int, int, int] = _p((96, 96, 96), "voxels", "msvol choice: sliding-window patch, 1 mm grid")
     overlap: float = _p(0.25, "fraction", "MONAI sliding_window_inference default")
     sw_batch_size: int = _p(2, "patches", "msvol choice: with it the whole pipeline peaked at 2.0 GB (make bench)")
