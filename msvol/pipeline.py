@@ -131,6 +131,12 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
                                                     both_brain, params.segment, change_model)
     changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+    losses = lesions.loss_region(changes, labels[0].data) if change_probability is not None else None
+    if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
+        loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),
+                                                  both_brain, params.segment, change_model, region=losses)
+        changes = lesions.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data, params.lesions,
+                                         voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, result.alignment_correlation, years, params)
     images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1],
                             halfway_to_followup=to_followup.matrix)

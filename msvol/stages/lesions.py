@@ -25,6 +25,8 @@ Fusion (`fuse_change`): the two-visit change model then confirms new lesions and
 enlargement by the new tissue it sees, and every finding gets a confidence for the review order.
 Two operating points: the reporting one (counted findings) and the candidate one below it
 ('possible_new': shown to the reader, counted only once confirmed).
+Losses (`confirm_losses`): the change model read backwards (follow-up first) sees tissue present at
+baseline and gone at follow-up; a shrinking or resolved call stands only when it does.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ METHODS = ("Lesions are connected components (26-connectivity) of the thresholde
            "matched across visits by overlap in halfway space, merges and splits handled as groups, and "
            "enlargement judged against size-dependent thresholds. A two-visit change model (a 3D U-Net on both "
            "visits' FLAIR and T1 in halfway space) confirmed new lesions and measured the new tissue of "
-           "enlarging ones.")
+           "enlarging ones; given the visits in reverse order, it confirmed shrinking and resolved ones.")
 _CONFLUENT_DISTANCE_MM = 2.0
+_LOSS_CONTEXT_VOXELS = 40  # around a lost lesion the backward change model sees this much of the brain (96^3 windows)
 
 
 def _structure(connectivity: int) -> np.ndarray:
@@ -241,7 +244,7 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
     - a lesion present at both visits is 'enlarging' when the summed change probability (mm3) passes the
       same absolute and size-dependent relative thresholds as a volume difference would (confluent growth:
       the size of a new lesion) and its mean reaches the candidate point, so no enlargement is ever
-      reported with a confidence near zero; shrinking and resolved are left to the volumes.
+      reported with a confidence near zero; shrinking and resolved are left to confirm_losses.
     Confidence: for new, possible new and enlarging, that mean change probability; otherwise (and without
     a change model) the mean per-visit lesion probability at follow-up.
     """
@@ -283,6 +286,50 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
                 confidence = mean
         fused.append(dataclasses.replace(change, status=status, confidence=round(confidence, 3)))
     return tuple(fused)
+
+
+def loss_region(changes: tuple[LesionChange, ...], baseline_halfway: np.ndarray) -> np.ndarray:
+    """Boxes (halfway grid) around every shrinking or resolved lesion, with room for the model's context."""
+    region = np.zeros(baseline_halfway.shape, bool)
+    losses = [change for change in changes if change.status in ("shrinking", "resolved")]
+    if losses:
+        corners = ndimage.find_objects(baseline_halfway)
+        for change in losses:
+            for label in change.baseline_labels:
+                if label <= len(corners) and corners[label - 1] is not None:
+                    region[tuple(slice(max(part.start - _LOSS_CONTEXT_VOXELS, 0), part.stop + _LOSS_CONTEXT_VOXELS)
+                                 for part in corners[label - 1])] = True
+    return region
+
+
+def confirm_losses(changes: tuple[LesionChange, ...], loss_probability: np.ndarray, baseline_halfway: np.ndarray,
+                   followup_halfway: np.ndarray, params: LesionParams, *, voxel_mm3: float = 1.0
+                   ) -> tuple[LesionChange, ...]:
+    """Shrinking and resolved calls, checked by the change model read backwards (`loss_probability`: tissue
+    there at baseline and gone at follow-up, halfway grid), over the lost tissue (baseline lesion voxels
+    outside every follow-up lesion). Mirrors fuse_change: 'resolved' stands when the mean reaches
+    `min_new_change_probability`; 'shrinking' when the summed probability (mm3) passes the thresholds a
+    volume difference must pass and the mean reaches `min_candidate_change_probability`. Otherwise the
+    lesion is 'stable' (still there, below the per-visit threshold at follow-up). Confidence: that mean.
+    """
+    checked = []
+    for change in changes:
+        if change.status not in ("shrinking", "resolved"):
+            checked.append(change)
+            continue
+        lost = np.isin(baseline_halfway, change.baseline_labels) & (followup_halfway == 0)
+        voxels = int(lost.sum())
+        mean = float(loss_probability[lost].mean()) if voxels else 0.0
+        if change.status == "resolved":
+            stands = mean >= params.min_new_change_probability
+        else:
+            needed = max(params.min_absolute_change_mm3,
+                         _relative_threshold(change.baseline_volume_mm3, params) * change.followup_volume_mm3)
+            stands = (float(loss_probability[lost].sum()) * voxel_mm3 >= needed
+                      and mean >= params.min_candidate_change_probability)
+        checked.append(dataclasses.replace(change, status=change.status if stands else "stable",
+                                           confidence=round(mean, 3)))
+    return tuple(checked)
 
 
 def countable_lesions(lesion_map: LesionMap, seen_elsewhere: set[int], params: LesionParams) -> int:

@@ -83,10 +83,12 @@ def segment_visit(visit: PreparedVisit, params: SegmentParams, model: Bundle) ->
 
 
 def predict_change(flairs: tuple[np.ndarray, np.ndarray], t1s: tuple[np.ndarray, np.ndarray], brain_mask: np.ndarray,
-                   params: SegmentParams, model: Bundle) -> np.ndarray:
-    """Probability of new or enlarged lesion tissue at the follow-up, from both visits on one halfway grid.
+                   params: SegmentParams, model: Bundle, *, region: np.ndarray | None = None) -> np.ndarray:
+    """Probability of new or enlarged lesion tissue at the second visit, from both visits on one halfway grid.
 
-    `flairs` and `t1s` are (baseline, follow-up); `brain_mask` is where both visits are brain.
+    `flairs` and `t1s` are (first, second): (baseline, follow-up) for new tissue, (follow-up, baseline)
+    for tissue lost. `brain_mask` is where both visits are brain (the inputs are normalised over it);
+    `region`, when given, limits the inference to its bounding box (0 elsewhere).
     """
     inputs = normalize_inputs([flairs[0], flairs[1], t1s[0], t1s[1]], brain_mask)
-    return predict_probability(model.network, inputs, brain_mask, params)
+    return predict_probability(model.network, inputs, brain_mask if region is None else brain_mask & region, params)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import LesionMap, Volume
 from msvol.stages import lesions as lesions_module
-from msvol.stages.lesions import (change_labels, classify_change, fuse_change, label_lesions, match_lesions,
-                           measure_lesions)
+from msvol.stages.lesions import (change_labels, classify_change, confirm_losses, fuse_change, label_lesions,
+                                  loss_region, match_lesions, measure_lesions)
 
 SEGMENT = SegmentParams()
 PARAMS = LesionParams()
@@ -525,6 +525,50 @@ def test_fuse_keeps_a_new_lesion_the_change_model_never_saw(ball, affine):
         fused = fuse_change(changes, np.zeros(SHAPE, np.float32), followup, baseline.labels.data, followup_halfway,
                             PARAMS)
     assert by_id(fused)[new_id].status == "new"
+
+
+# --- confirm_losses: the change model read backwards checks shrinking and resolved calls ----------
+
+
+def lost(baseline, followup, changes, loss_probability, params: LesionParams = PARAMS):
+    return by_id(confirm_losses(changes, loss_probability, baseline.labels.data, followup.labels.data, params))
+
+
+@pytest.mark.parametrize("mean, status", [(0.49, "stable"), (0.5, "resolved")])  # the reporting point, inclusive
+def test_a_resolved_call_stands_only_when_the_backward_change_model_sees_the_tissue_gone(ball, affine, mean, status):
+    """Issue 12 item 5: a lesion the per-visit model misses at follow-up is not 'resolved' unless the change
+    model, given the follow-up first, sees its tissue as there at baseline and absent now."""
+    baseline, followup, changes = match(spheres(ball, A, B), spheres(ball, A), affine)
+    (gone,) = [change for change in changes if change.status == "resolved"]
+    loss_probability = np.zeros(SHAPE, np.float32)
+    loss_probability[ball(SHAPE, *B)] = mean
+    checked = lost(baseline, followup, changes, loss_probability)
+    assert checked[gone.id].status == status and checked[gone.id].confidence == pytest.approx(mean, abs=1e-3)
+    assert [c.status for i, c in checked.items() if i != gone.id] == ["stable"]  # others untouched
+
+
+def test_a_shrinking_call_needs_the_lost_volume_in_the_backward_change_probability(ball, affine):
+    """A lesion whose rim the follow-up misses (radius 4 -> 2: 257 -> 33 voxels) shrinks only if the backward
+    model gives the rim's voxels, summed, the volume a thresholded difference would need."""
+    baseline, followup, changes = match(spheres(ball, A), spheres(ball, (A[0], 2)), affine)
+    (shrunk,) = changes
+    assert shrunk.status == "shrinking"
+    rim = ball(SHAPE, *A) & ~ball(SHAPE, A[0], 2)
+    for value, status in ((0.9, "shrinking"), (0.1, "stable")):
+        loss_probability = np.where(rim, value, 0.0).astype(np.float32)
+        assert lost(baseline, followup, changes, loss_probability)[shrunk.id].status == status
+
+
+def test_the_loss_region_boxes_only_shrinking_and_resolved_lesions_with_context(ball, affine):
+    baseline, followup, changes = match(spheres(ball, A, B), spheres(ball, A), affine)
+    wide = np.zeros((140, 48, 40), np.int32)  # B's labels on a grid wider than its box
+    wide[:48] = baseline.labels.data
+    region = loss_region(changes, wide)
+    b_label = label_at(baseline, B[0])
+    x_stop = np.argwhere(wide == b_label)[:, 0].max() + 1
+    assert region[:48][ball(SHAPE, *B)].all()  # the resolved lesion, with its surroundings
+    assert region[x_stop + 39].any() and not region[x_stop + 40:].any()  # 40 voxels of context
+    assert not loss_region(match(spheres(ball, A), spheres(ball, A), affine)[2], baseline.labels.data).any()
 
 
 # --- match_lesions: properties --------------------------------------------------------------------
