@@ -148,13 +148,20 @@ class LesionParams:
     min_new_change_probability: float = _p(
         0.5, "probability",
         "msvol choice (the reporting operating point): a lesion absent at baseline counts as new, and new tissue "
-        "as enlargement, only when the change model's mean probability over it reaches this; not tuned")
+        "as enlargement, only when the change model's mean probability over it reaches this. Calibration set "
+        "(check-set design, seed 4300; bench/calibrate_operating_points.py, bundles 3.0.0, 2026-12-01): every "
+        "value 0.3-0.7 gives the same figures (new 7/39 reported, 12/39 with candidates, false new 0 per pair), "
+        "since every finding the per-visit model proposes reads >= 0.79; the rule (lowest value with false new "
+        "<= 0.3) would take 0.3 on a tie, 0.5 is kept until a set separates them")
     # The candidate operating point: findings listed as 'possible_new' for the reader, never counted until confirmed.
     min_candidate_change_probability: float = _p(
         0.2, "probability",
         "msvol choice (the candidate operating point): a lesion absent at baseline whose change-model mean "
         "probability reaches this but not min_new_change_probability, or that is smaller than "
-        "min_new_lesion_volume_mm3, is a 'possible new lesion'; below it, stable (or dropped if small)")
+        "min_new_lesion_volume_mm3, is a 'possible new lesion'; below it, stable (or dropped if small). "
+        "Calibration set (as min_new_change_probability): every value 0.05-0.5 gives 0.71 candidates per pair "
+        "(target <= 2) and the same sensitivity, so 0.2 is kept; what limits the candidates is the per-visit "
+        "model, which proposes no region for most missed lesions (docs/MODEL.md)")
     min_candidate_volume_mm3: float = _p(
         5.0, "mm3", "msvol choice: the smallest possible new lesion listed (>=): min_lesion_volume_mm3, 5 voxels at 1 mm")
     # Both visits together: a lesion seen at one visit is looked for at the other below the reporting threshold.
