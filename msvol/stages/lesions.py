@@ -110,13 +110,17 @@ def _relative_threshold(baseline_mm3: float, params: LesionParams) -> float:
     return params.min_relative_change_small if small else params.min_relative_change_large
 
 
+def _change_needed_mm3(baseline_mm3: float, reference_mm3: float, params: LesionParams) -> float:
+    """The smallest volume change that counts: the absolute floor, and the size-dependent fraction (by the
+    baseline size) of `reference_mm3` (the baseline for growth, the follow-up for shrinkage)."""
+    return max(params.min_absolute_change_mm3, _relative_threshold(baseline_mm3, params) * reference_mm3)
+
+
 def classify_change(baseline_mm3: float, followup_mm3: float, params: LesionParams) -> str:
     """'enlarging', 'shrinking' or 'stable' for a lesion present at both visits (bounds inclusive)."""
-    threshold = _relative_threshold(baseline_mm3, params)
-    grown, lost = followup_mm3 - baseline_mm3, baseline_mm3 - followup_mm3
-    if grown >= params.min_absolute_change_mm3 and grown >= threshold * baseline_mm3:
+    if followup_mm3 - baseline_mm3 >= _change_needed_mm3(baseline_mm3, baseline_mm3, params):
         return "enlarging"
-    if lost >= params.min_absolute_change_mm3 and lost >= threshold * followup_mm3:
+    if baseline_mm3 - followup_mm3 >= _change_needed_mm3(baseline_mm3, followup_mm3, params):
         return "shrinking"
     return "stable"
 
@@ -277,9 +281,8 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
                 elif mean < params.min_new_change_probability:
                     status = "possible_new"
             else:
-                needed = params.min_new_lesion_volume_mm3 if change.confluent else max(
-                    params.min_absolute_change_mm3,
-                    _relative_threshold(change.baseline_volume_mm3, params) * change.baseline_volume_mm3)
+                needed = params.min_new_lesion_volume_mm3 if change.confluent else _change_needed_mm3(
+                    change.baseline_volume_mm3, change.baseline_volume_mm3, params)
                 status = ("enlarging" if summed * voxel_mm3 >= needed
                           and mean >= params.min_candidate_change_probability else "stable")
             if status in ("new", "possible_new", "enlarging"):
@@ -323,8 +326,7 @@ def confirm_losses(changes: tuple[LesionChange, ...], loss_probability: np.ndarr
         if change.status == "resolved":
             stands = mean >= params.min_new_change_probability
         else:
-            needed = max(params.min_absolute_change_mm3,
-                         _relative_threshold(change.baseline_volume_mm3, params) * change.followup_volume_mm3)
+            needed = _change_needed_mm3(change.baseline_volume_mm3, change.followup_volume_mm3, params)
             stands = (float(loss_probability[lost].sum()) * voxel_mm3 >= needed
                       and mean >= params.min_candidate_change_probability)
         checked.append(dataclasses.replace(change, status=change.status if stands else "stable",
