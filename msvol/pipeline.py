@@ -5,7 +5,7 @@ Output contract (per subject XX, under OUT/sub-XX/):
   ses-YY/lesions.nii.gz            integer lesion labels on that session's FLAIR grid
   ses-YY/brain_mask.nii.gz         the brain mask used, same grid
   ses-YY/flair.nii.gz              the bias-corrected FLAIR (uint16, scaled), same grid
-  intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz
+  intervals/ses-AA_to_ses-BB/new_lesions.nii.gz, enlarging_lesions.nii.gz, possible_new_lesions.nii.gz
                                    labels on the ses-BB FLAIR grid, values = lesion ids in report.json
   thumbnails/ses-AA_to_ses-BB/lesion-N.png  each new, enlarging and possible new lesion at both visits
   dicom/ses-AA_to_ses-BB_lesions_seg.dcm, dicom/report_summary.dcm, dicom/source/ses-BB/
@@ -131,6 +131,11 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
                                                     both_brain, params.segment, change_model)
     changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+    followup_labels = labels[1].data
+    if change_probability is not None:
+        changes, followup_labels = lesions.change_only_findings(
+            changes, change_probability, labels[0].data, labels[1].data, params.lesions, halfway_affine=grid[1],
+            halfway_to_followup=to_followup.matrix)
     losses = lesions.loss_region(changes, labels[0].data) if change_probability is not None else None
     if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
         loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),
@@ -138,7 +143,7 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
         changes = lesions.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data, params.lesions,
                                          voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, result.alignment_correlation, years, params)
-    images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, labels[1].data, grid[1],
+    images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, followup_labels, grid[1],
                             halfway_to_followup=to_followup.matrix)
     return IntervalResult(baseline.session, followup.session, result, changes, flags), images
 
@@ -227,7 +232,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
     methods += [segment_methods, lesions.METHODS, atrophy.METHODS]
 
-    intervals, thumbnails, viewers = [], {}, {}
+    intervals, thumbnails, viewers, finding_maps = [], {}, {}, {}
     for first, second in interval_pairs(len(prepared)):
         progress(f"sub-{patient.subject}: interval ses-{prepared[first].session} -> ses-{prepared[second].session}")
         with _timed(timings, "interval: halfway registration, lesion matching, PBVC"):
@@ -238,6 +243,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         with _timed(timings, "report"):
             thumbnails[(result.from_session, result.to_session)] = html.lesion_thumbnails(images, reviewed)
             viewers[(result.from_session, result.to_session)] = _viewer_images(images, result)
+            finding_maps[(result.from_session, result.to_session)] = _finding_maps(images, result,
+                                                                                   lesion_maps[second])
 
     # per-visit lesion counts read all visits together (lesions.countable_lesions)
     seen_elsewhere = [set() for _ in prepared]
@@ -256,7 +263,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     if len(prepared) == 1:
         subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
                                     "analysis.", "subject"))
-    files = _output_files(patient, prepared, lesion_maps, intervals)
+    files = _output_files(patient, prepared, lesion_maps, finding_maps)
     pictures = {(pair, lesion_id): (f"thumbnails/ses-{pair[0]}_to_ses-{pair[1]}/lesion-{lesion_id}.png", picture)
                 for pair, by_lesion in thumbnails.items() for lesion_id, picture in by_lesion.items()}
     interval_files = {key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
@@ -352,9 +359,33 @@ def _dicom_writers(patient: Patient, model: dict, files: dict) -> dict[str, Call
     return writers
 
 
+MAPPED_STATUSES = ("new", "enlarging", "possible_new")  # written as intervals/*/<status>_lesions.nii.gz
+
+
+def _finding_maps(images: IntervalImages, result: IntervalResult, followup: LesionMap) -> dict[str, Volume]:
+    """Per class of MAPPED_STATUSES, the interval's findings as labels (their ids) on the follow-up FLAIR grid:
+    those of the per-visit mask from the follow-up labels, those only the change model sees (no follow-up
+    label) pulled back from halfway space."""
+    only = [change.id for change in result.changes if not change.followup_labels and change.status != "resolved"]
+    pulled = np.zeros(followup.labels.data.shape, np.int32)
+    if only:
+        halfway = Volume(np.where(np.isin(images.followup_labels, only), images.followup_labels, 0).astype(np.int32),
+                         images.affine, "labels")
+        pulled = register.resample(halfway, Rigid(np.linalg.inv(images.halfway_to_followup)),
+                                   followup.labels.data.shape, followup.labels.affine).data
+    maps = {}
+    for status in MAPPED_STATUSES:
+        labels = lesions.change_labels(followup.labels.data, result.changes, status)
+        ids = [change.id for change in result.changes if change.status == status and change.id in only]
+        labels = np.where(np.isin(pulled, ids), pulled, labels).astype(np.int32)
+        maps[status] = followup.labels.with_data(labels)
+    return maps
+
+
 def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: list[LesionMap],
-                  intervals: list[IntervalResult]) -> dict:
-    """Label volumes to write, keyed by session (str) or interval (from, to); each back on the input grid."""
+                  finding_maps: dict) -> dict:
+    """Label volumes to write, keyed by session (str) or interval (from, to); each back on the input grid.
+    `finding_maps`: per interval, _finding_maps."""
     original = {visit.session: visit.flair for visit in patient.visits}
     files: dict = {}
     for ready, lesion_map in zip(prepared, lesion_maps):
@@ -365,15 +396,12 @@ def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: 
             # the bias-corrected FLAIR the models read: the review grows added lesions on it
             "flair": (f"ses-{ready.session}/flair.nii.gz", preprocess.reorient(ready.flair, native)),
         }
-    by_session = {lesion_map.session: lesion_map for lesion_map in lesion_maps}
-    for interval in intervals:
-        folder = f"intervals/ses-{interval.from_session}_to_ses-{interval.to_session}"
-        followup = by_session[interval.to_session].labels
-        native = original[interval.to_session].affine
-        files[(interval.from_session, interval.to_session)] = {
-            f"{status}_lesions": (f"{folder}/{status}_lesions.nii.gz", preprocess.reorient(
-                followup.with_data(lesions.change_labels(followup.data, interval.changes, status)), native))
-            for status in ("new", "enlarging")}
+    for (first, second), maps in finding_maps.items():
+        folder = f"intervals/ses-{first}_to_ses-{second}"
+        native = original[second].affine
+        files[(first, second)] = {f"{status}_lesions": (f"{folder}/{status}_lesions.nii.gz",
+                                                        preprocess.reorient(volume, native))
+                                  for status, volume in maps.items()}
     return files
 
 

@@ -57,9 +57,11 @@ def test_output_contract(run_output):
     for interval in report["intervals"]:
         assert all(isinstance(v, int) for v in interval["counts"].values())
         folder = subject / "intervals" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}"
-        for status in ("new", "enlarging"):
+        for status in ("new", "enlarging", "possible_new"):
             values = set(np.unique(np.asarray(nib.load(folder / f"{status}_lesions.nii.gz").dataobj))) - {0}
             assert values == {lesion["id"] for lesion in interval["lesions"] if lesion["status"] == status}
+        assert interval["files"]["possible_new_lesions"] == str(folder.relative_to(subject) /
+                                                                "possible_new_lesions.nii.gz")
         viewer = interval["files"]["viewer"]  # the review's side-by-side images, on one halfway grid
         images = {name: nib.load(subject / viewer[name]) for name in ("baseline_flair", "followup_flair", "changes")}
         assert all(image.get_data_dtype() == np.uint8 for image in images.values())

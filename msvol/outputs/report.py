@@ -23,8 +23,10 @@ from msvol.datatypes import REVIEWED_STATUSES, Acquisition, IntervalResult, QCFl
 # 1.1: lesions carry "confidence"; 1.2: timepoints carry "acquisition"; 1.3: timepoint files name the
 # bias-corrected FLAIR ("flair"), interval files the lesion thumbnails ("thumbnails": id -> PNG), and
 # "provenance" the model versions and input image hashes; 1.4: lesions may be "possible_new" (a candidate below
-# the reporting operating point, for the reader; counts["possible_new"], never in the other counts)
-SCHEMA_VERSION = "1.4"
+# the reporting operating point, for the reader; counts["possible_new"], never in the other counts); 1.5: a
+# possible_new lesion may have no followup_labels (seen by the change model only), and interval files name
+# "possible_new_lesions", the label map of every possible new lesion
+SCHEMA_VERSION = "1.5"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")

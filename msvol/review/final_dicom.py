@@ -70,6 +70,10 @@ def _confirmed_labels(folder: Path, interval: dict, automated: np.ndarray) -> tu
             mask = np.asarray(nib.load(folder.parent / finding["mask"]).dataobj) > 0
         else:
             mask = automated == lesion_id
+            candidates = folder / "intervals" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}" \
+                / "possible_new_lesions.nii.gz"
+            if not mask.any() and candidates.is_file():  # a possible new lesion only the change model saw
+                mask = np.asarray(nib.load(candidates).dataobj) == lesion_id
         labels[mask & (labels == 0)] = lesion_id
         statuses[lesion_id] = status
         volumes[lesion_id] = (finding["baseline_volume_mm3"] or 0.0, finding["followup_volume_mm3"] or 0.0)

@@ -6,6 +6,8 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
   (several baseline -> one follow-up) and splits (one -> several) are one unit, never counted twice.
 - new: a follow-up lesion in no group with a baseline lesion, volume >= min_new_lesion_volume_mm3.
   Smaller ones (>= min_candidate_volume_mm3) are 'possible_new': listed for the reader, never counted.
+  New tissue that only the change model sees, away from every per-visit lesion, is new or possible new
+  too (`change_only_findings`), without a follow-up label.
 - both visits together (hysteresis): a lesion found at one visit only, whose region the other visit's
   per-visit probability still covers (mean >= min_presence_probability), is stable, not new or resolved;
   an enlargement or shrinkage must show in the probability-weighted volumes too, not only in the
@@ -289,6 +291,44 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
                 confidence = mean
         fused.append(dataclasses.replace(change, status=status, confidence=round(confidence, 3)))
     return tuple(fused)
+
+
+def change_only_findings(changes: tuple[LesionChange, ...], change_probability: np.ndarray,
+                         baseline_halfway: np.ndarray, followup_halfway: np.ndarray, params: LesionParams, *,
+                         halfway_affine: np.ndarray, halfway_to_followup: np.ndarray
+                         ) -> tuple[tuple[LesionChange, ...], np.ndarray]:
+    """New lesions that only the change model sees (faint ones the per-visit model misses; issue 12).
+
+    A component (`connectivity`) of change probability >= `min_new_change_probability` (the reporting point)
+    outside every lesion of both visits and not touching a follow-up lesion (there it is that lesion's edge or
+    growth, fuse_change's business) is 'new' from `min_new_lesion_volume_mm3`, 'possible_new' from
+    `min_candidate_volume_mm3`. It has no follow-up label (the per-visit mask, and so the visit's lesion count,
+    does not hold it). Confidence: its mean change probability; centroid in follow-up mm. Returns the changes
+    with these appended (ids above every other) and the follow-up halfway labels with their voxels under those
+    ids, for the thumbnails, viewers and label maps.
+    """
+    seen = (change_probability >= params.min_new_change_probability) & (followup_halfway == 0) & (baseline_halfway == 0)
+    components, count = ndimage.label(seen, structure=_structure(params.connectivity))
+    if not count:
+        return changes, followup_halfway
+    voxel_mm3 = float(abs(np.linalg.det(halfway_affine[:3, :3])))
+    volumes = np.bincount(components.ravel(), minlength=count + 1) * voxel_mm3
+    touching = np.unique(components[ndimage.binary_dilation(followup_halfway > 0, _structure(26)) & (components > 0)])
+    labels = followup_halfway.copy()
+    next_id = max([change.id for change in changes] + [int(followup_halfway.max())]) + 1
+    added = []
+    for index, box in enumerate(ndimage.find_objects(components), 1):
+        if volumes[index] < params.min_candidate_volume_mm3 or index in touching:
+            continue
+        inside = components[box] == index
+        voxel = np.argwhere(inside).mean(axis=0) + [part.start for part in box]
+        centroid = (halfway_to_followup @ halfway_affine @ np.append(voxel, 1))[:3]
+        labels[box][inside] = next_id
+        status = "new" if volumes[index] >= params.min_new_lesion_volume_mm3 else "possible_new"
+        added.append(LesionChange(next_id, status, 0.0, float(volumes[index]), tuple(float(value) for value in centroid),
+                                  (), (), confidence=round(float(change_probability[box][inside].mean()), 3)))
+        next_id += 1
+    return changes + tuple(added), labels
 
 
 def loss_region(changes: tuple[LesionChange, ...], baseline_halfway: np.ndarray) -> np.ndarray:

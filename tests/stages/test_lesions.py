@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import LesionMap, Volume
 from msvol.stages import lesions as lesions_module
-from msvol.stages.lesions import (change_labels, classify_change, confirm_losses, fuse_change, label_lesions,
-                                  loss_region, match_lesions, measure_lesions)
+from msvol.stages.lesions import (change_labels, change_only_findings, classify_change, confirm_losses,
+                                  fuse_change, label_lesions, loss_region, match_lesions, measure_lesions)
 
 SEGMENT = SegmentParams()
 PARAMS = LesionParams()
@@ -569,6 +569,55 @@ def test_the_loss_region_boxes_only_shrinking_and_resolved_lesions_with_context(
     assert region[:48][ball(SHAPE, *B)].all()  # the resolved lesion, with its surroundings
     assert region[x_stop + 39].any() and not region[x_stop + 40:].any()  # 40 voxels of context
     assert not loss_region(match(spheres(ball, A), spheres(ball, A), affine)[2], baseline.labels.data).any()
+
+
+# --- change_only_findings: new tissue only the change model sees ----------------------------------
+
+
+def only(baseline, followup, changes, change_probability, affine, to_followup=None, params: LesionParams = PARAMS):
+    return change_only_findings(changes, change_probability, baseline.labels.data, followup.labels.data, params,
+                                halfway_affine=affine, halfway_to_followup=np.eye(4) if to_followup is None
+                                else to_followup)
+
+
+def test_a_region_only_the_change_model_sees_is_a_new_lesion_with_its_own_id(ball, affine):
+    """Issue 12 item 3: faint new lesions the per-visit model misses are found by the change model."""
+    baseline, followup, changes = match(spheres(ball, A, B), spheres(ball, A, B), affine)
+    change_probability = np.zeros(SHAPE, np.float32)
+    change_probability[ball(SHAPE, *FAR)] = 0.8
+    shift = np.eye(4)
+    shift[:3, 3] = (2.0, -1.0, 0.5)  # halfway mm -> follow-up mm
+    found, labels = only(baseline, followup, changes, change_probability, affine, shift)
+    (added,) = found[len(changes):]
+    assert found[:len(changes)] == changes
+    assert added.status == "new" and added.followup_labels == () and added.baseline_labels == ()
+    assert added.id > max(change.id for change in changes) and added.confidence == pytest.approx(0.8)
+    assert added.followup_volume_mm3 == ball(SHAPE, *FAR).sum()
+    centre_mm = (affine @ np.append(FAR[0], 1))[:3] + shift[:3, 3]
+    assert np.allclose(added.centroid_mm, centre_mm, atol=1e-6)
+    assert (labels[ball(SHAPE, *FAR)] == added.id).all()
+    assert np.array_equal(labels[~ball(SHAPE, *FAR)], followup.labels.data[~ball(SHAPE, *FAR)])
+
+
+@pytest.mark.parametrize("value, voxels, status", [(0.49, 33, None), (0.5, 33, "new"), (0.9, 14, "new"),
+                                                   (0.9, 13, "possible_new"), (0.9, 5, "possible_new"),
+                                                   (0.9, 4, None)])  # thresholds inclusive
+def test_change_only_findings_take_the_reporting_probability_and_the_size_thresholds(affine, value, voxels, status):
+    baseline, followup, changes = match(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), affine)
+    change_probability = np.zeros(SHAPE, np.float32)
+    change_probability[30, 30, 10:10 + voxels] = value  # a line of voxels: one component of that volume
+    found, _ = only(baseline, followup, changes, change_probability, affine)
+    assert [change.status for change in found] == ([status] if status else [])
+
+
+def test_change_seen_at_or_around_a_per_visit_lesion_is_left_to_the_lesion(ball, affine):
+    """Inside a lesion of either visit, or touching a follow-up lesion (its rim, its growth), the change model's
+    new tissue belongs to that lesion: fuse_change judges it, no extra candidate."""
+    baseline, followup, changes = match(spheres(ball, A), spheres(ball, A, B), affine)
+    rim = ball(SHAPE, B[0], B[1] + 2) & ~ball(SHAPE, *B)
+    change_probability = np.where(rim | ball(SHAPE, *A), 0.9, 0.0).astype(np.float32)
+    found, labels = only(baseline, followup, changes, change_probability, affine)
+    assert found == changes and np.array_equal(labels, followup.labels.data)
 
 
 # --- match_lesions: properties --------------------------------------------------------------------
