@@ -134,8 +134,8 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     followup_labels = labels[1].data
     if change_probability is not None:
         changes, followup_labels = lesions.change_only_findings(
-            changes, change_probability, labels[0].data, labels[1].data, params.lesions, halfway_affine=grid[1],
-            halfway_to_followup=to_followup.matrix)
+            changes, change_probability, labels[0].data, labels[1].data, both_brain, params.lesions,
+            halfway_affine=grid[1], halfway_to_followup=to_followup.matrix)
     losses = lesions.loss_region(changes, labels[0].data) if change_probability is not None else None
     if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
         loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),

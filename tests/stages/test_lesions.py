@@ -574,10 +574,11 @@ def test_the_loss_region_boxes_only_shrinking_and_resolved_lesions_with_context(
 # --- change_only_findings: new tissue only the change model sees ----------------------------------
 
 
-def only(baseline, followup, changes, change_probability, affine, to_followup=None, params: LesionParams = PARAMS):
-    return change_only_findings(changes, change_probability, baseline.labels.data, followup.labels.data, params,
-                                halfway_affine=affine, halfway_to_followup=np.eye(4) if to_followup is None
-                                else to_followup)
+def only(baseline, followup, changes, change_probability, affine, to_followup=None, brain=None,
+         params: LesionParams = PARAMS):
+    return change_only_findings(changes, change_probability, baseline.labels.data, followup.labels.data,
+                                np.ones(SHAPE, bool) if brain is None else brain, params, halfway_affine=affine,
+                                halfway_to_followup=np.eye(4) if to_followup is None else to_followup)
 
 
 def test_a_region_only_the_change_model_sees_is_a_new_lesion_with_its_own_id(ball, affine):
@@ -608,6 +609,19 @@ def test_change_only_findings_take_the_reporting_probability_and_the_size_thresh
     change_probability[30, 30, 10:10 + voxels] = value  # a line of voxels: one component of that volume
     found, _ = only(baseline, followup, changes, change_probability, affine)
     assert [change.status for change in found] == ([status] if status else [])
+
+
+def test_change_at_the_rim_of_either_visits_brain_is_no_finding(ball, affine):
+    """Where one visit's brain (or field of view) ends, the change model compares tissue with nothing."""
+    baseline, followup, changes = match(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), affine)
+    brain = np.zeros(SHAPE, bool)
+    brain[4:44, 4:44, 4:36] = True
+    change_probability = np.zeros(SHAPE, np.float32)
+    change_probability[20:24, 20:24, 4:7] = 0.9  # 48 voxels, within 3 voxels of the brain's edge
+    assert only(baseline, followup, changes, change_probability, affine, brain=brain)[0] == ()
+    change_probability[20:24, 20:24, 7:10] = 0.9  # the same blob reaching 3 voxels deeper
+    (found,) = only(baseline, followup, changes, change_probability, affine, brain=brain)[0]
+    assert found.status == "new" and found.followup_volume_mm3 == 48
 
 
 def test_change_seen_at_or_around_a_per_visit_lesion_is_left_to_the_lesion(ball, affine):
