@@ -164,6 +164,13 @@ class LesionParams:
         "model, which proposes no region for most missed lesions (docs/MODEL.md)")
     min_candidate_volume_mm3: float = _p(
         5.0, "mm3", "msvol choice: the smallest possible new lesion listed (>=): min_lesion_volume_mm3, 5 voxels at 1 mm")
+    change_only_margin_voxels: int = _p(
+        3, "voxels",
+        "msvol choice (issue 12): new tissue that only the change model sees counts only this far inside the brain at "
+        "both visits; at a mask's rim, or where it meets the end of one visit's field of view, the model compares "
+        "tissue with nothing (held-out standard sub-02 gave 344 and 223 mm3 false new lesions there without it). The "
+        "rule otherwise reuses min_new_change_probability and the two size limits (calibration set, seed 4300: new "
+        "lesions reported or candidate 12/39 -> 32/39, false new 0.29 per pair; docs/METHODS.md)")
     # Both visits together: a lesion seen at one visit is looked for at the other below the reporting threshold.
     min_presence_probability: float = _p(
         0.3, "probability",

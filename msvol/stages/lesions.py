@@ -47,9 +47,6 @@ METHODS = ("Lesions are connected components (26-connectivity) of the thresholde
            "visits' FLAIR and T1 in halfway space) confirmed new lesions and measured the new tissue of "
            "enlarging ones; given the visits in reverse order, it confirmed shrinking and resolved ones.")
 _CONFLUENT_DISTANCE_MM = 2.0
-# At a brain mask's rim (and where it meets the end of a visit's field of view) the change model compares
-# tissue with what lies outside one visit: held-out standard sub-02 gave 344 and 223 mm3 "new" there.
-_CHANGE_ONLY_MARGIN_VOXELS = 3
 _LOSS_CONTEXT_VOXELS = 40  # around a lost lesion the backward change model sees this much of the brain (96^3 windows)
 
 
@@ -303,7 +300,7 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
     """New lesions that only the change model sees (faint ones the per-visit model misses; issue 12).
 
     A component (`connectivity`) of change probability >= `min_new_change_probability` (the reporting point)
-    inside `both_brain` (the brain at both visits) by `_CHANGE_ONLY_MARGIN_VOXELS`, outside every lesion of
+    inside `both_brain` (the brain at both visits) by `change_only_margin_voxels`, outside every lesion of
     both visits and not touching a follow-up lesion (there it is that lesion's edge or
     growth, fuse_change's business) is 'new' from `min_new_lesion_volume_mm3`, 'possible_new' from
     `min_candidate_volume_mm3`. It has no follow-up label (the per-visit mask, and so the visit's lesion count,
@@ -312,7 +309,7 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
     ids, for the thumbnails, viewers and label maps.
     """
     seen = (change_probability >= params.min_new_change_probability) & (followup_halfway == 0) & (baseline_halfway == 0)
-    seen &= ndimage.binary_erosion(both_brain, iterations=_CHANGE_ONLY_MARGIN_VOXELS)
+    seen &= ndimage.binary_erosion(both_brain, iterations=params.change_only_margin_voxels)
     components, count = ndimage.label(seen, structure=_structure(params.connectivity))
     if not count:
         return changes, followup_halfway
