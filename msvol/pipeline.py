@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -33,9 +32,10 @@ from typing import Callable
 
 import numpy as np
 
+from msvol import run_files
 from msvol.config import Params
-from msvol.datatypes import (CHANGE_MAP_VALUES, REVIEWED_STATUSES, AtrophyResult, IntervalImages, IntervalResult,
-                             LesionMap, Patient, PreparedVisit, QCFlag, Rigid, Visit, Volume)
+from msvol.datatypes import (REVIEWED_STATUSES, AtrophyResult, IntervalImages, IntervalResult, LesionMap, Patient,
+                             PreparedVisit, QCFlag, Rigid, Visit, Volume)
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
 from msvol.outputs import dicom as dicom_export, dicom_source, html, report
@@ -242,9 +242,9 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         reviewed = [change.id for change in result.changes if change.status in REVIEWED_STATUSES]
         with _timed(timings, "report"):
             thumbnails[(result.from_session, result.to_session)] = html.lesion_thumbnails(images, reviewed)
-            viewers[(result.from_session, result.to_session)] = _viewer_images(images, result)
-            finding_maps[(result.from_session, result.to_session)] = _finding_maps(images, result,
-                                                                                   lesion_maps[second])
+            viewers[(result.from_session, result.to_session)] = run_files.viewer_images(images, result)
+            finding_maps[(result.from_session, result.to_session)] = run_files.finding_maps(
+                images, result, lesion_maps[second])
 
     # per-visit lesion counts read all visits together (lesions.countable_lesions)
     seen_elsewhere = [set() for _ in prepared]
@@ -263,7 +263,7 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
     if len(prepared) == 1:
         subject_flags.append(QCFlag("single_visit", "Only one visit: cross-sectional measures, no change "
                                     "analysis.", "subject"))
-    files = _output_files(patient, prepared, lesion_maps, finding_maps)
+    files = run_files.output_files(patient, prepared, lesion_maps, finding_maps)
     pictures = {(pair, lesion_id): (f"thumbnails/ses-{pair[0]}_to_ses-{pair[1]}/lesion-{lesion_id}.png", picture)
                 for pair, by_lesion in thumbnails.items() for lesion_id, picture in by_lesion.items()}
     interval_files = {key: {name: path for name, (path, _) in value.items()} for key, value in files.items()
@@ -290,32 +290,6 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         _write_atomically(final, texts, files, force=force, writers=_dicom_writers(patient, model, files),
                           keep_previous=keep_previous, blobs=blobs)
     return final
-
-
-def _viewer_images(images: IntervalImages, result: IntervalResult) -> tuple[dict[str, Volume], bytes]:
-    """What the review's side-by-side viewers load, on the halfway grid: both FLAIRs as uint8 (each windowed
-    at its 0.5-99.5th percentile inside the head), the change class of every lesion voxel (CHANGE_MAP_VALUES;
-    resolved lesions from the baseline labels), and the halfway <-> follow-up mm maps as JSON."""
-    def window(image: np.ndarray) -> np.ndarray:
-        low, high = np.percentile(image[image > 0], (0.5, 99.5)) if (image > 0).any() else (0.0, 1.0)
-        return np.clip((image - low) / max(high - low, 1e-6) * 255, 0, 255).astype(np.uint8)
-
-    classes = np.zeros(images.followup_labels.shape, np.uint8)
-    for change in result.changes:
-        value = CHANGE_MAP_VALUES.get(change.status)
-        if value is None:
-            continue
-        if change.status == "resolved":
-            classes[np.isin(images.baseline_labels, change.baseline_labels) & (classes == 0)] = value
-        else:
-            classes[images.followup_labels == change.id] = value
-    grid = functools.partial(Volume, affine=images.affine)
-    volumes = {"baseline_flair": grid(window(images.baseline_flair), kind="FLAIR"),
-               "followup_flair": grid(window(images.followup_flair), kind="FLAIR"),
-               "changes": grid(classes, kind="labels")}
-    space = {"halfway_to_followup": np.asarray(images.halfway_to_followup).tolist(),
-             "followup_to_halfway": np.linalg.inv(images.halfway_to_followup).tolist()}
-    return volumes, (json.dumps(space, indent=1) + "\n").encode()
 
 
 def _provenance(patient: Patient, resources: Resources) -> dict:
@@ -357,52 +331,6 @@ def _dicom_writers(patient: Patient, model: dict, files: dict) -> dict[str, Call
         writers["dicom/report_summary.dcm"] = functools.partial(dicom_export.write_summary, report=model,
                                                                 source=source(latest), pseudonym=pseudonym)
     return writers
-
-
-MAPPED_STATUSES = ("new", "enlarging", "possible_new")  # written as intervals/*/<status>_lesions.nii.gz
-
-
-def _finding_maps(images: IntervalImages, result: IntervalResult, followup: LesionMap) -> dict[str, Volume]:
-    """Per class of MAPPED_STATUSES, the interval's findings as labels (their ids) on the follow-up FLAIR grid:
-    those of the per-visit mask from the follow-up labels, those only the change model sees (no follow-up
-    label) pulled back from halfway space."""
-    only = [change.id for change in result.changes if not change.followup_labels and change.status != "resolved"]
-    pulled = np.zeros(followup.labels.data.shape, np.int32)
-    if only:
-        halfway = Volume(np.where(np.isin(images.followup_labels, only), images.followup_labels, 0).astype(np.int32),
-                         images.affine, "labels")
-        pulled = register.resample(halfway, Rigid(np.linalg.inv(images.halfway_to_followup)),
-                                   followup.labels.data.shape, followup.labels.affine).data
-    maps = {}
-    for status in MAPPED_STATUSES:
-        labels = lesions.change_labels(followup.labels.data, result.changes, status)
-        ids = [change.id for change in result.changes if change.status == status and change.id in only]
-        labels = np.where(np.isin(pulled, ids), pulled, labels).astype(np.int32)
-        maps[status] = followup.labels.with_data(labels)
-    return maps
-
-
-def _output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: list[LesionMap],
-                  finding_maps: dict) -> dict:
-    """Label volumes to write, keyed by session (str) or interval (from, to); each back on the input grid.
-    `finding_maps`: per interval, _finding_maps."""
-    original = {visit.session: visit.flair for visit in patient.visits}
-    files: dict = {}
-    for ready, lesion_map in zip(prepared, lesion_maps):
-        native = original[ready.session].affine
-        files[ready.session] = {
-            "lesions": (f"ses-{ready.session}/lesions.nii.gz", preprocess.reorient(lesion_map.labels, native)),
-            "brain_mask": (f"ses-{ready.session}/brain_mask.nii.gz", preprocess.reorient(ready.brain_mask, native)),
-            # the bias-corrected FLAIR the models read: the review grows added lesions on it
-            "flair": (f"ses-{ready.session}/flair.nii.gz", preprocess.reorient(ready.flair, native)),
-        }
-    for (first, second), maps in finding_maps.items():
-        folder = f"intervals/ses-{first}_to_ses-{second}"
-        native = original[second].affine
-        files[(first, second)] = {f"{status}_lesions": (f"{folder}/{status}_lesions.nii.gz",
-                                                        preprocess.reorient(volume, native))
-                                  for status, volume in maps.items()}
-    return files
 
 
 def _write_atomically(final: Path, texts: dict[str, str], files: dict, *, force: bool,

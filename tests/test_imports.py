@@ -42,7 +42,9 @@ RULES = {
     "evaluate_io": (set(), {"pipeline", "cli"}),
     "evaluate_lesions": (set(), {"pipeline", "cli"}),
     "evaluate_table": (set(), {"pipeline", "cli"}),
-    "pipeline": ({"ingest", "stages", "outputs", "models"}, {"review", "ops", "cli"}),
+    "pipeline": ({"ingest", "stages", "outputs", "models", "run_files"}, {"review", "ops", "cli"}),
+    # the composer's label maps and viewer images, back on each input's grid (split from pipeline)
+    "run_files": ({"stages"}, {"pipeline", "outputs", "review", "ops", "cli"}),
     # the reader's loop reads report.json and label files; never the pipeline, its stages or torch
     "review": ({"review", "outputs"}, {"pipeline", "stages", "ingest", "models", "training", "synth", "ops", "cli"}),
     # runs the pipeline over many exams: states, claims and findings in the store; the cohort reads the report
