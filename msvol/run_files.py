@@ -36,9 +36,9 @@ def finding_maps(images: IntervalImages, result: IntervalResult, followup: Lesio
 
 
 def output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: list[LesionMap],
-                  finding_maps: dict) -> dict:
+                 maps_by_interval: dict) -> dict:
     """Label volumes to write, keyed by session (str) or interval (from, to); each back on the input grid.
-    `finding_maps`: per interval, finding_maps()."""
+    `maps_by_interval`: (from, to) -> finding_maps() of that interval."""
     original = {visit.session: visit.flair for visit in patient.visits}
     files: dict = {}
     for ready, lesion_map in zip(prepared, lesion_maps):
@@ -49,7 +49,7 @@ def output_files(patient: Patient, prepared: list[PreparedVisit], lesion_maps: l
             # the bias-corrected FLAIR the models read: the review grows added lesions on it
             "flair": (f"ses-{ready.session}/flair.nii.gz", preprocess.reorient(ready.flair, native)),
         }
-    for (first, second), maps in finding_maps.items():
+    for (first, second), maps in maps_by_interval.items():
         folder = f"intervals/ses-{first}_to_ses-{second}"
         native = original[second].affine
         files[(first, second)] = {f"{status}_lesions": (f"{folder}/{status}_lesions.nii.gz",
