@@ -207,6 +207,13 @@ class AtrophyParams:
         "choice, issue 12: 0/10/15 mm gave recovery 1.13/1.00/1.04 (synth seed 500, no pose, bias 0.2, N4), "
         "1.04/0.94/0.97 (seed 500 through prepare_visit), scan-rescan -0.04/+0.01/+0.00 %; on a noise-only pair "
         "with no bias, N4 alone read 1.055 and DBC at 15 mm 1.012 (docs/METHODS.md)")
+    tissue_flat_fraction: float = _p(
+        0.4, "fraction of the voxels",
+        "msvol choice (issue 12), first value tried, not tuned: the PBVC's grey-matter level comes from the flattest "
+        "40 % of the baseline brain's voxels (lowest gradient: no partial-volume edges). Without it, on issue 12's "
+        "shifted-contrast T1s (GM and WM close) the 3-class k-means put the GM level on the CSF-tissue continuum "
+        "(1094 vs the cortex's ~1290) and BSI read 0.2-0.5 of the change. bench/pbvc_recovery.py before/after and "
+        "the held-out sets: docs/BENCHMARKS.md")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(

@@ -208,6 +208,7 @@ class LesionChange:
     split: bool = False  # one baseline lesion became several
     confluent: bool = False  # grew by touching/joining: reported as enlarging, never as new
     confidence: float | None = None  # 0-1, how sure the models are of `status` (see lesions.fuse_change)
+    change_only_mm3: float = 0.0  # of followup_volume_mm3, the new tissue only the change model sees (halfway grid)
 
 
 @dataclass(frozen=True)

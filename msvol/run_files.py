@@ -17,9 +17,9 @@ MAPPED_STATUSES = ("new", "enlarging", "possible_new")  # written as intervals/*
 
 def finding_maps(images: IntervalImages, result: IntervalResult, followup: LesionMap) -> dict[str, Volume]:
     """Per class of MAPPED_STATUSES, the interval's findings as labels (their ids) on the follow-up FLAIR grid:
-    those of the per-visit mask from the follow-up labels, those only the change model sees (no follow-up
-    label) pulled back from halfway space."""
-    only = [change.id for change in result.changes if not change.followup_labels and change.status != "resolved"]
+    those of the per-visit mask from the follow-up labels, what only the change model sees (change_only_mm3:
+    a finding without follow-up label, a lesion's growth) pulled back from halfway space."""
+    only = [change.id for change in result.changes if change.change_only_mm3]
     pulled = np.zeros(followup.labels.data.shape, np.int32)
     if only:
         halfway = Volume(np.where(np.isin(images.followup_labels, only), images.followup_labels, 0).astype(np.int32),
@@ -30,7 +30,7 @@ def finding_maps(images: IntervalImages, result: IntervalResult, followup: Lesio
     for status in MAPPED_STATUSES:
         labels = lesions.change_labels(followup.labels.data, result.changes, status)
         ids = [change.id for change in result.changes if change.status == status and change.id in only]
-        labels = np.where(np.isin(pulled, ids), pulled, labels).astype(np.int32)
+        labels = np.where(np.isin(pulled, ids) & (labels == 0), pulled, labels).astype(np.int32)
         maps[status] = followup.labels.with_data(labels)
     return maps
 

@@ -25,8 +25,9 @@ from msvol.datatypes import REVIEWED_STATUSES, Acquisition, IntervalResult, QCFl
 # "provenance" the model versions and input image hashes; 1.4: lesions may be "possible_new" (a candidate below
 # the reporting operating point, for the reader; counts["possible_new"], never in the other counts); 1.5: a
 # possible_new lesion may have no followup_labels (seen by the change model only), and interval files name
-# "possible_new_lesions", the label map of every possible new lesion
-SCHEMA_VERSION = "1.5"
+# "possible_new_lesions", the label map of every possible new lesion; 1.6: lesions carry "change_only_volume_mm3",
+# the part of followup_volume_mm3 only the change model sees (an enlargement the per-visit mask missed)
+SCHEMA_VERSION = "1.6"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -148,6 +149,7 @@ def _lesion_model(change) -> dict:
         "status": change.status,
         "baseline_volume_mm3": round(change.baseline_volume_mm3, 1),
         "followup_volume_mm3": round(change.followup_volume_mm3, 1),
+        "change_only_volume_mm3": round(change.change_only_mm3, 1),
         "centroid_mm": [round(value, 1) for value in change.centroid_mm],
         "baseline_labels": list(change.baseline_labels),
         "followup_labels": list(change.followup_labels),

@@ -3,7 +3,8 @@ and enlarging lesions and a verified TID 1500 SR (msvol.outputs.dicom_sr), built
 of the follow-up FLAIR series that `msvol run` kept under OUT/sub-XX/dicom/source/ses-YY/.
 
 A confirmed lesion's mask is the reviewer's edited mask when there is one, else the automated lesion's
-label in ses-YY/lesions.nii.gz (values = the report's lesion ids); an added lesion gets the label after
+label in ses-YY/lesions.nii.gz (values = the report's lesion ids) with its voxels in the interval's
+{new,enlarging,possible_new}_lesions.nii.gz (what only the change model saw); an added lesion gets the label after
 the highest automated one. An amendment's SR names the SR it supersedes.
 """
 
@@ -57,6 +58,11 @@ def _confirmed_labels(folder: Path, interval: dict, automated: np.ndarray) -> tu
 
     labels = np.zeros(automated.shape, np.int32)
     statuses, volumes = {}, {}
+    maps_dir = folder / "intervals" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}"
+    # the interval's finding maps hold what the follow-up labels lack: change-model-only lesions and growth
+    finding_maps = [np.asarray(nib.load(path).dataobj) for path in
+                    (maps_dir / f"{status}_lesions.nii.gz" for status in ("new", "enlarging", "possible_new"))
+                    if path.is_file()]
     next_added = int(automated.max()) + 1
     for finding in interval["findings"]:
         status = finding["confirmed_status"]
@@ -70,10 +76,8 @@ def _confirmed_labels(folder: Path, interval: dict, automated: np.ndarray) -> tu
             mask = np.asarray(nib.load(folder.parent / finding["mask"]).dataobj) > 0
         else:
             mask = automated == lesion_id
-            candidates = folder / "intervals" / f"ses-{interval['from_session']}_to_ses-{interval['to_session']}" \
-                / "possible_new_lesions.nii.gz"
-            if not mask.any() and candidates.is_file():  # a possible new lesion only the change model saw
-                mask = np.asarray(nib.load(candidates).dataobj) == lesion_id
+            for finding_map in finding_maps:
+                mask |= finding_map == lesion_id
         labels[mask & (labels == 0)] = lesion_id
         statuses[lesion_id] = status
         volumes[lesion_id] = (finding["baseline_volume_mm3"] or 0.0, finding["followup_volume_mm3"] or 0.0)

@@ -11,8 +11,9 @@ nothing here depends on the FLAIR). Vocabulary:
   follow-up/baseline ratio over the bright reference voxels, smoothed by normalised convolution with a
   Gaussian of `bias_smoothing_mm`). N4 leaves a residual field that differs between visits and follows
   the anatomy (issue 12: without DBC, N4 alone made a noise-only pair over-read by 5 %).
-- *levels*: C, the baseline's mean over dark reference voxels (pure CSF); G, its grey-matter class mean
-  (3-class k-means). k-means' CSF centre is not used: partial volume pulls it to ~20 % tissue.
+- *levels*: C, the baseline's mean over dark reference voxels (pure CSF); G, its grey-matter level: the
+  lower k-means class of its flattest (lowest-gradient) tissue voxels, so no partial-volume edge takes the
+  class (`tissue_flat_fraction`). k-means' CSF centre is not used: partial volume pulls it to ~20 % tissue.
 - *window*: intensities are clipped to C + m (G - C) .. C + (1 - m)(G - C), m = `window_margin_fraction`.
 - *boundary region*: both tissue masks (intensity above (C + G) / 2 inside each brain mask), their
   union dilated by `boundary_width_voxels` minus their intersection eroded by as much.
@@ -36,10 +37,17 @@ METHODS = ("Brain volume change was measured as a boundary shift integral with t
            "affine scaling to the MNI ICBM152 template [buckner2004].")
 _MIN_REFERENCE_VOXELS = 200  # fewer pure voxels than this cannot fix a mean to 0.1 % of the CSF-WM contrast
 _FIELD_BLOCK_MM = 4.0  # DBC is computed on blocks of about this size: the field is smooth on 10 mm
+# Pure GM lies well above this share of the CSF-WM range on a T1 (msvol synth 0.53, the test phantom 0.49, issue 12's
+# shifted contrast 0.76); below it are CSF and dark non-brain voxels
+_TISSUE_FLOOR = 0.3
 
 
-def tissue_means(image: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> tuple[float, float, float]:
-    """CSF, GM and WM class means by 3-class k-means inside the mask dilated by 3 voxels."""
+def tissue_means(image: np.ndarray, mask: np.ndarray, *, flat_fraction: float = 1.0,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """CSF, GM and WM class means by 3-class k-means inside the mask dilated by 3 voxels.
+
+    flat_fraction < 1: the GM level comes instead from `_flat_grey_level` (pure tissue, no partial-volume edges).
+    """
     region = ndimage.binary_dilation(mask, iterations=3)
     values = image[region][::7].astype(np.float64)
     if values.size < 300:
@@ -52,7 +60,32 @@ def tissue_means(image: np.ndarray, mask: np.ndarray, *, seed: int = 0) -> tuple
         raise InputError("T1 contrast not recognised: the darkest tissue class is the largest inside the brain; "
                          "is the T1w image really a T1?")
     csf, gm, wm = centres[order, 0]
+    if flat_fraction < 1:
+        gm = _flat_grey_level(image, mask, csf, wm, flat_fraction, seed=seed)
     return float(csf), float(gm), float(wm)
+
+
+def _flat_grey_level(image: np.ndarray, mask: np.ndarray, csf: float, wm: float, flat_fraction: float, *,
+                     seed: int) -> float:
+    """The GM level from pure tissue: the lower of two k-means classes over the `flat_fraction` of the mask's voxels
+    with the lowest gradient magnitude (Gaussian, 1 voxel), above csf + _TISSUE_FLOOR (wm - csf).
+
+    Partial-volume voxels lie on edges, so the flat ones are pure CSF, GM or WM, and the floor leaves out CSF and
+    dark non-brain voxels. Where GM and WM are close (issue 12's shifted T1 contrast) the 3-class k-means
+    otherwise puts its middle class on the CSF-tissue partial-volume continuum.
+    """
+    corners = np.argwhere(mask)
+    box = tuple(slice(low, high + 1) for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
+    inside = mask[box]
+    values = image[box].astype(np.float32)
+    gradient = ndimage.gaussian_gradient_magnitude(values, 1.0)[inside]
+    values = values[inside]
+    tissue = values[(gradient <= np.quantile(gradient, flat_fraction)) & (values > csf + _TISSUE_FLOOR * (wm - csf))]
+    tissue = tissue[::3].astype(np.float64)
+    if tissue.size < 300:
+        raise InputError("too few voxels of pure tissue in the brain mask to estimate the grey-matter level")
+    centres, _ = kmeans2(tissue[:, None], np.percentile(tissue, [10, 90])[:, None], minit="matrix", seed=seed)
+    return float(centres[:, 0].min())
 
 
 def normalize_t1(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -158,7 +191,7 @@ def match_followup(baseline: Volume, followup: Volume, baseline_mask: Volume, fo
     Starts from each visit's k-means classes, then twice: reference voxels -> line through their means ->
     DBC field over the bright ones; a last line fixes the scale after the field. See the module docstring.
     """
-    csf_b, gm_b, wm_b = tissue_means(baseline.data, baseline_mask.data)
+    csf_b, gm_b, wm_b = tissue_means(baseline.data, baseline_mask.data, flat_fraction=params.tissue_flat_fraction)
     csf_f, _, wm_f = tissue_means(followup.data, followup_mask.data)
     base = baseline.data.astype(np.float32)
     follow = ((followup.data.astype(np.float32) - csf_f) * ((wm_b - csf_b) / (wm_f - csf_f)) + csf_b)

@@ -7,7 +7,7 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
 - new: a follow-up lesion in no group with a baseline lesion, volume >= min_new_lesion_volume_mm3.
   Smaller ones (>= min_candidate_volume_mm3) are 'possible_new': listed for the reader, never counted.
   New tissue that only the change model sees, away from every per-visit lesion, is new or possible new
-  too (`change_only_findings`), without a follow-up label.
+  too (`change_only_findings`), without a follow-up label; touching a baseline lesion, it is that lesion's growth.
 - both visits together (hysteresis): a lesion found at one visit only, whose region the other visit's
   per-visit probability still covers (mean >= min_presence_probability), is stable, not new or resolved;
   an enlargement or shrinkage must show in the probability-weighted volumes too, not only in the
@@ -297,16 +297,19 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
                          baseline_halfway: np.ndarray, followup_halfway: np.ndarray, both_brain: np.ndarray,
                          params: LesionParams, *, halfway_affine: np.ndarray, halfway_to_followup: np.ndarray
                          ) -> tuple[tuple[LesionChange, ...], np.ndarray]:
-    """New lesions that only the change model sees (faint ones the per-visit model misses; issue 12).
+    """New tissue that only the change model sees (faint lesions and growth the per-visit model misses; issue 12).
 
     A component (`connectivity`) of change probability >= `min_new_change_probability` (the reporting point)
     inside `both_brain` (the brain at both visits) by `change_only_margin_voxels`, outside every lesion of
-    both visits and not touching a follow-up lesion (there it is that lesion's edge or
-    growth, fuse_change's business) is 'new' from `min_new_lesion_volume_mm3`, 'possible_new' from
-    `min_candidate_volume_mm3`. It has no follow-up label (the per-visit mask, and so the visit's lesion count,
-    does not hold it). Confidence: its mean change probability; centroid in follow-up mm. Returns the changes
-    with these appended (ids above every other) and the follow-up halfway labels with their voxels under those
-    ids, for the thumbnails, viewers and label maps.
+    both visits and not touching a follow-up lesion (there it is that lesion's edge or growth, fuse_change's
+    business), of at least `min_candidate_volume_mm3`, is either
+    - growth of a baseline lesion it touches (within `match_tolerance_voxels`): it joins that lesion's group, as
+      a per-visit lesion touching it would (`_grow`; a new lesion that joined an old one is confluent growth), or
+    - a new lesion: 'new' from `min_new_lesion_volume_mm3`, 'possible_new' below, with no follow-up label (the
+      per-visit mask, and so the visit's lesion count, does not hold it); ids above every other. Confidence: its
+      mean change probability; centroid in follow-up mm.
+    Returns the changes and the follow-up halfway labels with these voxels under their finding's id, for the
+    thumbnails, viewers and label maps.
     """
     seen = (change_probability >= params.min_new_change_probability) & (followup_halfway == 0) & (baseline_halfway == 0)
     seen &= ndimage.binary_erosion(both_brain, iterations=params.change_only_margin_voxels)
@@ -316,21 +319,60 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
     voxel_mm3 = float(abs(np.linalg.det(halfway_affine[:3, :3])))
     volumes = np.bincount(components.ravel(), minlength=count + 1) * voxel_mm3
     touching = np.unique(components[ndimage.binary_dilation(followup_halfway > 0, _structure(26)) & (components > 0)])
+    reach = 2 * max(params.match_tolerance_voxels, 1) + 1
+    near_baseline = ndimage.grey_dilation(baseline_halfway, size=(reach,) * 3)
+    group_of = {label: index for index, change in enumerate(changes) for label in change.baseline_labels}
     labels = followup_halfway.copy()
     next_id = max([change.id for change in changes] + [int(followup_halfway.max())]) + 1
+    growth: dict[int, list] = {}
     added = []
     for index, box in enumerate(ndimage.find_objects(components), 1):
         if volumes[index] < params.min_candidate_volume_mm3 or index in touching:
             continue
         inside = components[box] == index
+        owners = [group_of[label] for label in np.unique(near_baseline[box][inside]) if label in group_of]
+        if owners:  # it joins the old lesion's group, as a per-visit lesion touching it would
+            growth.setdefault(max(owners, key=lambda group: changes[group].baseline_volume_mm3), []).append(index)
+            continue
         voxel = np.argwhere(inside).mean(axis=0) + [part.start for part in box]
         centroid = (halfway_to_followup @ halfway_affine @ np.append(voxel, 1))[:3]
         labels[box][inside] = next_id
         status = "new" if volumes[index] >= params.min_new_lesion_volume_mm3 else "possible_new"
         added.append(LesionChange(next_id, status, 0.0, float(volumes[index]), tuple(float(value) for value in centroid),
-                                  (), (), confidence=round(float(change_probability[box][inside].mean()), 3)))
+                                  (), (), confidence=round(float(change_probability[box][inside].mean()), 3),
+                                  change_only_mm3=float(volumes[index])))
         next_id += 1
-    return changes + tuple(added), labels
+    changes = list(changes)
+    for owner, indices in growth.items():
+        changes[owner] = _grow(changes[owner], np.isin(components, indices), change_probability, baseline_halfway,
+                               labels, params, voxel_mm3=voxel_mm3)
+    return tuple(changes) + tuple(added), labels
+
+
+def _grow(change: LesionChange, growth: np.ndarray, change_probability: np.ndarray, baseline_halfway: np.ndarray,
+          labels: np.ndarray, params: LesionParams, *, voxel_mm3: float) -> LesionChange:
+    """A baseline lesion's growth that only the change model sees (`growth`: its voxels on the halfway grid), judged
+    as fuse_change judges new tissue: 'enlarging' when the summed change probability (mm3) passes the thresholds a
+    volume difference must pass (confluent growth, a piece of new-lesion size > 2 mm away: that size) and its mean
+    reaches `min_candidate_change_probability`, whatever the per-visit masks said (stable, shrinking, or resolved:
+    a follow-up mask that lost part or all of the lesion; as in fuse_change, the change model outranks their volume
+    difference). Its voxels then join the finding (`labels`, under the change's id), `change_only_mm3` and the
+    follow-up volume (of a lesion the follow-up mask lost: its baseline volume plus the growth); growth too small
+    for that changes nothing."""
+    summed = float(change_probability[growth].sum()) * voxel_mm3
+    growth_mm3 = int(growth.sum()) * voxel_mm3
+    confluent = change.confluent or _has_distant_growth(np.isin(baseline_halfway, change.baseline_labels), growth,
+                                                        voxel_mm3, params)
+    needed = params.min_new_lesion_volume_mm3 if confluent else _change_needed_mm3(
+        change.baseline_volume_mm3, change.baseline_volume_mm3, params)
+    mean = summed / growth_mm3
+    if change.status != "enlarging" and (summed < needed or mean < params.min_candidate_change_probability):
+        return change
+    labels[growth] = change.id
+    followup_mm3 = change.followup_volume_mm3 if change.followup_labels else change.baseline_volume_mm3
+    return dataclasses.replace(change, status="enlarging", followup_volume_mm3=followup_mm3 + growth_mm3,
+                               confluent=confluent, change_only_mm3=change.change_only_mm3 + growth_mm3,
+                               confidence=change.confidence if change.status == "enlarging" else round(mean, 3))
 
 
 def loss_region(changes: tuple[LesionChange, ...], baseline_halfway: np.ndarray) -> np.ndarray:

@@ -30,3 +30,18 @@ def test_a_confirmed_lesion_only_the_change_model_saw_takes_its_voxels_from_the_
     assert statuses == {1: "new", 5: "new"}
     assert np.array_equal(labels == 1, automated == 1) and np.array_equal(labels == 5, candidates == 5)
     assert [item["lesion_id"] for item in findings] == [1, 5]
+
+
+def test_a_confirmed_enlargement_keeps_the_growth_only_the_change_model_saw(tmp_path):
+    """Issue 12: growth the per-visit mask missed is in enlarging_lesions.nii.gz under the lesion's id; the
+    confirmed SEG holds the follow-up lesion and that growth."""
+    folder = tmp_path / "sub-01"
+    (folder / INTERVAL_FOLDER).mkdir(parents=True)
+    automated = np.zeros((12, 12, 12), np.int32)
+    automated[2:5, 2:5, 2:5] = 3
+    enlarging = automated.copy()
+    enlarging[5:7, 2:5, 2:5] = 3  # the growth
+    nib.save(nib.Nifti1Image(enlarging, np.eye(4)), folder / INTERVAL_FOLDER / "enlarging_lesions.nii.gz")
+    interval = {"from_session": "01", "to_session": "02", "findings": [finding(3, "enlarging")]}
+    labels, statuses, _ = _confirmed_labels(folder, interval, automated)
+    assert statuses == {3: "enlarging"} and np.array_equal(labels == 3, enlarging == 3)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import LesionMap, Volume
@@ -632,6 +633,69 @@ def test_change_seen_at_or_around_a_per_visit_lesion_is_left_to_the_lesion(ball,
     change_probability = np.where(rim | ball(SHAPE, *A), 0.9, 0.0).astype(np.float32)
     found, labels = only(baseline, followup, changes, change_probability, affine)
     assert found == changes and np.array_equal(labels, followup.labels.data)
+
+
+def shell(ball, lesion, width, *, side=None):
+    """The voxels within `width` of a ball lesion, outside it; `side` > 0 keeps those at x > the centre's."""
+    (centre, radius) = lesion
+    ring = ball(SHAPE, centre, radius + width) & ~ball(SHAPE, centre, radius)
+    if side:
+        ring[:centre[0] + 1] = False
+    return ring
+
+
+def test_growth_only_the_change_model_sees_makes_its_lesion_enlarging(ball, affine):
+    """Issue 12 items 3-4: an old lesion grew where the follow-up mask misses it (on shifted-contrast images the
+    per-visit model keeps only part of the lesion): that growth is the lesion's enlargement, not a new lesion."""
+    half = ball(SHAPE, *A)
+    half[A[0][0]:] = False  # the follow-up mask keeps the lesion's x < centre half
+    baseline, followup, changes = match(spheres(ball, A, B), half | spheres(ball, B), affine)
+    growth = shell(ball, A, 2, side=1)  # new tissue beyond the baseline edge, >= 4 voxels from the follow-up mask
+    change_probability = np.where(growth, 0.8, 0.0).astype(np.float32)
+    found, labels = only(baseline, followup, changes, change_probability, affine)
+    grown = next(change for change in found if change.baseline_labels == (label_at(baseline, A[0]),))
+    assert len(found) == len(changes) and grown.status == "enlarging" and grown.confidence == pytest.approx(0.8)
+    assert grown.change_only_mm3 == growth.sum() and grown.id == min(grown.followup_labels)
+    before = next(change for change in changes if change.id == grown.id)
+    assert grown.followup_volume_mm3 == pytest.approx(before.followup_volume_mm3 + growth.sum())
+    assert (labels[growth] == grown.id).all()
+
+
+def test_growth_of_a_lesion_the_follow_up_mask_lost_makes_it_enlarging(ball, affine):
+    baseline, followup, changes = match(spheres(ball, A, B), spheres(ball, B), affine)
+    assert "resolved" in statuses(changes)
+    growth = shell(ball, A, 2)
+    found, labels = only(baseline, followup, changes, np.where(growth, 0.9, 0.0).astype(np.float32), affine)
+    grown = next(change for change in found if change.baseline_labels == (label_at(baseline, A[0]),))
+    assert grown.status == "enlarging" and grown.followup_labels == () and grown.change_only_mm3 == growth.sum()
+    assert grown.followup_volume_mm3 == pytest.approx(grown.baseline_volume_mm3 + growth.sum())
+    assert (labels[growth] == grown.id).all() and grown.id > int(followup.labels.data.max())
+
+
+def test_growth_below_the_enlargement_thresholds_is_no_finding(ball, affine):
+    """A's 257 mm3 need 0.24 x 257 = 62 mm3 of growth; 20 voxels at 0.9 give 18 mm3: no finding, no new lesion."""
+    baseline, followup, changes = match(spheres(ball, A), np.zeros(SHAPE, bool), affine)
+    growth = np.zeros(SHAPE, bool)
+    growth[17, 10:14, 10:15] = True  # a 1-voxel layer against A's +x edge (x = 16): not confluent
+    assert not (growth & ball(SHAPE, *A)).any() and (ndimage.binary_dilation(growth) & ball(SHAPE, *A)).any()
+    found, labels = only(baseline, followup, changes, np.where(growth, 0.9, 0.0).astype(np.float32), affine)
+    assert found == changes and np.array_equal(labels, followup.labels.data)
+
+
+def test_a_new_lesion_joining_an_old_one_is_its_confluent_growth(ball, affine):
+    """As for per-visit lesions (match_lesions' confluent groups): new tissue touching an old lesion is reported as
+    that lesion's enlargement with confluent=true, never as a new lesion; a piece of new-lesion size > 2 mm away
+    is what makes it confluent, and then that size is enough to count."""
+    half = ball(SHAPE, *A)
+    half[A[0][0]:] = False
+    baseline, followup, changes = match(spheres(ball, A), half, affine)
+    (x, y, z), radius = A
+    beside = ball(SHAPE, (x + radius + 5, y, z), 3)  # x 18-24, A's edge at x 16
+    beside[x + radius + 1:x + radius + 2, y, z] = True  # a bridge voxel against A
+    found, labels = only(baseline, followup, changes, np.where(beside, 0.9, 0.0).astype(np.float32), affine)
+    (grown,) = found
+    assert grown.status == "enlarging" and grown.confluent and grown.change_only_mm3 == beside.sum()
+    assert (labels[beside] == grown.id).all()
 
 
 # --- match_lesions: properties --------------------------------------------------------------------
