@@ -212,8 +212,10 @@ class AtrophyParams:
         "msvol choice (issue 12), first value tried, not tuned: the PBVC's grey-matter level comes from the flattest "
         "40 % of the baseline brain's voxels (lowest gradient: no partial-volume edges). Without it, on issue 12's "
         "shifted-contrast T1s (GM and WM close) the 3-class k-means put the GM level on the CSF-tissue continuum "
-        "(1094 vs the cortex's ~1290) and BSI read 0.2-0.5 of the change. bench/pbvc_recovery.py before/after and "
-        "the held-out sets: docs/BENCHMARKS.md")
+        "(1094 vs the cortex's ~1290) and BSI read 0.2-0.5 of the change. With it (2026-12-02, probes on cached "
+        "prepared visits): held-out shifted sub-01..04 median recovery 0.45 -> 0.86; bench/pbvc_recovery.py cases "
+        "contraction 21 1.041 -> 1.043, divergence 810/811/812 0.997/1.033/0.972 -> 1.023/1.048/0.986; check set "
+        "0.79 unchanged. Not yet in docs/BENCHMARKS.md")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(
