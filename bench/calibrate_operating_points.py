@@ -7,7 +7,7 @@
 2. Runs msvol with the candidate threshold lowered to --floor, so every lesion absent at baseline whose
    change-model mean probability reaches the floor is listed with that probability (its confidence).
 3. For each reporting threshold R and candidate threshold C <= R of the grid, re-labels those findings as
-   the pipeline would (lesions.fuse_change: new at >= R when at least min_new_lesion_volume_mm3, otherwise a
+   the pipeline would (lesion_change.fuse_change: new at >= R when at least min_new_lesion_volume_mm3, otherwise a
    'possible new lesion' at >= C) into OUT/grid/R-C, and scores it with msvol.evaluate.
 The rule, fixed before looking (the issue's targets): R = the lowest R with false new per pair <= 0.3; then
 C = the lowest C with at most 2 candidates per pair at that R. Prints the table and writes OUT/grid.json.

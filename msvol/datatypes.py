@@ -207,7 +207,7 @@ class LesionChange:
     merged: bool = False  # several baseline lesions became one
     split: bool = False  # one baseline lesion became several
     confluent: bool = False  # grew by touching/joining: reported as enlarging, never as new
-    confidence: float | None = None  # 0-1, how sure the models are of `status` (see lesions.fuse_change)
+    confidence: float | None = None  # 0-1, how sure the models are of `status` (see lesion_change.fuse_change)
     change_only_mm3: float = 0.0  # of followup_volume_mm3, the new tissue only the change model sees (halfway grid)
 
 

@@ -39,7 +39,7 @@ from msvol.datatypes import (REVIEWED_STATUSES, AtrophyResult, IntervalImages, I
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
 from msvol.outputs import dicom as dicom_export, dicom_source, html, report
-from msvol.stages import atlas, atrophy, lesions, preprocess, register, segment
+from msvol.stages import atlas, atrophy, lesion_change, lesions, preprocess, register, segment
 
 Progress = Callable[[str], None]
 # Hidden folders beside OUT/sub-XX while it is written: f".sub-XX{STAGING}{pid}" (the new result being
@@ -129,18 +129,18 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     if change_model is not None and params.lesions.use_change_model:
         change_probability = segment.predict_change((flairs[0].data, flairs[1].data), (t1s[0].data, t1s[1].data),
                                                     both_brain, params.segment, change_model)
-    changes = lesions.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
+    changes = lesion_change.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
                                   params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     followup_labels = labels[1].data
     if change_probability is not None:
-        changes, followup_labels = lesions.change_only_findings(
+        changes, followup_labels = lesion_change.change_only_findings(
             changes, change_probability, labels[0].data, labels[1].data, both_brain, params.lesions,
             halfway_affine=grid[1], halfway_to_followup=to_followup.matrix)
-    losses = lesions.loss_region(changes, labels[0].data) if change_probability is not None else None
+    losses = lesion_change.loss_region(changes, labels[0].data) if change_probability is not None else None
     if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
         loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),
                                                   both_brain, params.segment, change_model, region=losses)
-        changes = lesions.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data, params.lesions,
+        changes = lesion_change.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data, params.lesions,
                                          voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, result.alignment_correlation, years, params)
     images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, followup_labels, grid[1],
@@ -230,7 +230,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         prepared.append(ready)
         lesion_maps.append(lesion_map)
         progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
-    methods += [segment_methods, lesions.METHODS, atrophy.METHODS]
+    uses_change_model = resources.change_model is not None and params.lesions.use_change_model
+    methods += [segment_methods, lesions.METHODS] + [lesion_change.METHODS] * uses_change_model + [atrophy.METHODS]
 
     intervals, thumbnails, viewers, finding_maps = [], {}, {}, {}
     for first, second in interval_pairs(len(prepared)):

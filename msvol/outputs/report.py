@@ -5,7 +5,7 @@ The report model is the output contract other tools depend on (schema_version be
 years, pbvc_percent, pbvc_annualized_percent, counts, lesions, qc_flags), `qc_flags`,
 the effective parameters and their hash, and a methods paragraph with references.
 Every new, enlarging or possible new lesion carries `review: {"decision": "pending"}` for the radiologist and
-every lesion a `confidence` (0-1, msvol.stages.lesions.fuse_change; null when no model gave one).
+every lesion a `confidence` (0-1, msvol.stages.lesion_change.fuse_change; null when no model gave one).
 """
 
 from __future__ import annotations

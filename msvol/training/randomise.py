@@ -35,12 +35,14 @@ class RandTissueContrastd(RandomizableTransform, MapTransform):
     visits of a sample, each visit jittered by `visit_jitter` as a rescan would be); the matching
     `brain_sample_keys` hold (7, N) fractions of random brain voxels, to normalise by the whole
     brain's median as inference does. With probability `t1_dropout` the T1 channels are zero
-    (the FLAIR-only fallback).
+    (the FLAIR-only fallback). With probability `faint_fraction` the FLAIR lesion brightness comes from
+    `faint_flair_lesion_range` instead (a training mix weighted to faint lesions, issue 12).
     """
 
     def __init__(self, fraction_keys, brain_sample_keys, image_key: str = "image", visit_jitter: float = 0.03,
                  t1_dropout: float = 0.0, flair_lesion_range: tuple[float, float] | None = None,
-                 t1_lesion_range: tuple[float, float] | None = None):
+                 t1_lesion_range: tuple[float, float] | None = None, faint_fraction: float = 0.0,
+                 faint_flair_lesion_range: tuple[float, float] | None = None):
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, fraction_keys)
         self.brain_sample_keys = list(brain_sample_keys)
@@ -50,13 +52,20 @@ class RandTissueContrastd(RandomizableTransform, MapTransform):
         self.flair_ranges = FLAIR_RANGES if flair_lesion_range is None else \
             {**FLAIR_RANGES, "lesion": tuple(flair_lesion_range)}
         self.t1_ranges = T1_RANGES if t1_lesion_range is None else {**T1_RANGES, "lesion": tuple(t1_lesion_range)}
+        self.faint_fraction = faint_fraction
+        if faint_fraction and not faint_flair_lesion_range:
+            raise ValueError("a faint-lesion fraction needs faint_flair_lesion_range")
+        self.faint_ranges = {**self.flair_ranges, "lesion": tuple(faint_flair_lesion_range or ())}
 
     def _draw(self, ranges: dict) -> np.ndarray:
         return np.array([self.R.uniform(*ranges[name]) for name in FRACTION_CHANNELS])
 
     def __call__(self, data):
         sample = dict(data)
-        contrasts = {"flair": self._draw(self.flair_ranges), "t1": self._draw(self.t1_ranges)}
+        # only a faint mix draws the extra number, so the default draws stay as they were
+        faint = bool(self.faint_fraction) and self.R.uniform() < self.faint_fraction
+        contrasts = {"flair": self._draw(self.faint_ranges if faint else self.flair_ranges),
+                     "t1": self._draw(self.t1_ranges)}
         drop_t1 = self.R.uniform() < self.t1_dropout
         channels = {"flair": [], "t1": []}
         for key, brain_key in zip(self.keys, self.brain_sample_keys):
@@ -102,10 +111,12 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
         return sample
 
 
-def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_range=None, t1_lesion_range=None):
+def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_range=None, t1_lesion_range=None,
+                        faint_fraction: float = 0.0, faint_flair_lesion_range=None):
     """The MONAI pipeline for one task ('per_visit' or 'change'): crop, render, deform, degrade.
-    `flair_lesion_range` and `t1_lesion_range` replace FLAIR_RANGES["lesion"] and T1_RANGES["lesion"]
-    (fine-tuning to fainter lesions)."""
+    `flair_lesion_range` and `t1_lesion_range` replace FLAIR_RANGES["lesion"] and T1_RANGES["lesion"];
+    a `faint_fraction` of the samples draws the FLAIR lesion from `faint_flair_lesion_range` (fine-tuning to
+    fainter lesions)."""
     from monai import transforms as T
 
     if task == "per_visit":
@@ -122,7 +133,8 @@ def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_ra
                                   num_classes=len(ratios), num_samples=num_samples, indices_key="class_indices",
                                   warn=False),
         RandTissueContrastd(fraction_keys, brain_keys, t1_dropout=t1_dropout, flair_lesion_range=flair_lesion_range,
-                            t1_lesion_range=t1_lesion_range),
+                            t1_lesion_range=t1_lesion_range, faint_fraction=faint_fraction,
+                            faint_flair_lesion_range=faint_flair_lesion_range),
         T.Rand3DElasticd(spatial, sigma_range=(5, 8), magnitude_range=(0, 60), prob=0.8, spatial_size=patch_size,
                          rotate_range=(0.3, 0.3, 0.3), scale_range=(0.15, 0.15, 0.15), shear_range=0.05,
                          mode=("bilinear", "nearest"), padding_mode="zeros"),

@@ -52,10 +52,13 @@ class TrainSettings:
     checkpoint_every: int = 100
     channels: tuple[int, ...] = (16, 32, 64, 128)
     # Fine-tuning (issue 12): start from this bundle's weights ("" = from scratch), and the lesion
-    # intensity ranges relative to white matter (randomise.FLAIR_RANGES / T1_RANGES["lesion"] when empty).
+    # intensity ranges relative to white matter (randomise.FLAIR_RANGES / T1_RANGES["lesion"] when empty), and
+    # the fraction of samples whose FLAIR lesion comes from faint_flair_lesion_range instead (0: none).
     init_bundle: str = ""
     flair_lesion_range: tuple[float, ...] = ()
     t1_lesion_range: tuple[float, ...] = ()
+    faint_fraction: float = 0.0
+    faint_flair_lesion_range: tuple[float, ...] = ()
     # What the bundle calls itself: its version and the changelog line of this run (carried forward
     # after the init bundle's changelog).
     version: str = "2.0.0"
@@ -89,6 +92,10 @@ def load_settings(path: Path | None, **overrides) -> TrainSettings:
     settings = TrainSettings(**values)
     if settings.task not in TASKS:
         raise ConfigError(f"{source}: task must be one of {TASKS}, not {settings.task!r}")
+    if not 0 <= settings.faint_fraction <= 1 or (settings.faint_fraction and len(settings.faint_flair_lesion_range) != 2):
+        raise ConfigError(f"{source}: faint_fraction must lie in 0-1 and, when above 0, come with a "
+                          f"faint_flair_lesion_range of two numbers (got {settings.faint_fraction!r}, "
+                          f"{list(settings.faint_flair_lesion_range)})")
     return settings
 
 
@@ -198,7 +205,9 @@ def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSetting
         log(f"resumed from step {start}")
     transform = training_transforms(settings.task, settings.patch_size, settings.batch_size,
                                     flair_lesion_range=settings.flair_lesion_range or None,
-                                    t1_lesion_range=settings.t1_lesion_range or None)
+                                    t1_lesion_range=settings.t1_lesion_range or None,
+                                    faint_fraction=settings.faint_fraction,
+                                    faint_flair_lesion_range=settings.faint_flair_lesion_range or None)
     transform.set_random_state(seed=settings.seed + start)  # a resumed run continues with fresh draws
     sampler = torch.utils.data.RandomSampler(range(len(cases)), replacement=True,
                                              num_samples=max(settings.steps - start, 1),

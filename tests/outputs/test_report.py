@@ -31,7 +31,7 @@ SECOND_CHANGES = [("stable", 1), ("enlarging", 2)]
 def change(status: str, lesion_id: int) -> LesionChange:
     baseline = {"new": 0.0, "resolved": 40.0}.get(status, 50.0)
     followup = {"new": 30.0, "resolved": 0.0, "enlarging": 90.0, "shrinking": 20.0}.get(status, 50.0)
-    # confidence as lesions.fuse_change gives it: none for a resolved lesion (nothing at follow-up)
+    # confidence as lesion_change.fuse_change gives it: none for a resolved lesion (nothing at follow-up)
     confidence = None if status == "resolved" else round(0.5 + 0.05 * lesion_id, 3)
     return LesionChange(lesion_id, status, baseline, followup, (10.04 * lesion_id, -5.06, 20.0),
                         () if status == "new" else (lesion_id,), () if status == "resolved" else (lesion_id,),

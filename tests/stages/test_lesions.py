@@ -13,8 +13,9 @@ from scipy import ndimage
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import LesionMap, Volume
 from msvol.stages import lesions as lesions_module
-from msvol.stages.lesions import (change_labels, change_only_findings, classify_change, confirm_losses,
-                                  fuse_change, label_lesions, loss_region, match_lesions, measure_lesions)
+from msvol.stages.lesion_change import change_only_findings, confirm_losses, fuse_change, loss_region
+from msvol.stages.lesion_rules import classify_change
+from msvol.stages.lesions import change_labels, label_lesions, match_lesions, measure_lesions
 
 SEGMENT = SegmentParams()
 PARAMS = LesionParams()

@@ -92,6 +92,18 @@ def test_a_t1_lesion_range_replaces_only_the_t1_lesion_intensity():
         np.testing.assert_array_equal(image[1, :LESION], default[1, :LESION])
 
 
+def test_a_faint_mix_draws_that_share_of_flair_lesions_from_the_faint_range():
+    """faint_fraction 0.5 with a faint range 1.15-1.2: about half the draws fall in it, the rest in the normal
+    1.5-3.0; the other tissues keep their ranges."""
+    transform = contrast(visit_jitter=0.0, faint_fraction=0.5, faint_flair_lesion_range=(1.15, 1.2))
+    lesions = np.array([render(transform, seed)[0, LESION].flat[0] for seed in range(200)])
+    faint = (lesions >= 1.15 - 1e-6) & (lesions <= 1.2 + 1e-6)
+    normal = (lesions >= FLAIR_RANGES["lesion"][0] - 1e-6) & (lesions <= FLAIR_RANGES["lesion"][1] + 1e-6)
+    assert np.all(faint | normal) and 0.4 <= faint.mean() <= 0.6
+    with pytest.raises(ValueError, match="faint_flair_lesion_range"):
+        contrast(faint_fraction=0.5)
+
+
 def test_contrast_is_divided_by_the_median_of_the_brain_sample():
     """Brain of 3 GM and 2 WM voxels: the median is GM's intensity, so GM renders as 1 and WM as 1 / GM."""
     reference = render(contrast(visit_jitter=0.0), 5)  # WM-only brain: values relative to WM

@@ -116,6 +116,15 @@ def test_fine_tuning_starts_from_the_given_bundle(tmp_path):
     assert train.load_settings(tuned / "configs" / "train.yaml") == settings
 
 
+def test_load_settings_refuses_a_faint_fraction_without_its_range(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("faint_fraction: 0.5\n")
+    with pytest.raises(ConfigError, match="train.yaml: faint_fraction"):
+        train.load_settings(path)
+    path.write_text("faint_fraction: 0.5\nfaint_flair_lesion_range: [1.15, 1.6]\n")
+    assert train.load_settings(path).faint_flair_lesion_range == (1.15, 1.6)
+
+
 def test_load_settings_without_a_file_gives_the_defaults_and_overrides():
     assert train.load_settings(None) == train.TrainSettings()
     settings = train.load_settings(None, task="change", steps=5, seed=None)
