@@ -97,9 +97,10 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
     business), of at least `min_candidate_volume_mm3`, is either
     - growth of a baseline lesion it touches (within `match_tolerance_voxels`): it joins that lesion's group, as
       a per-visit lesion touching it would (`_grow`; a new lesion that joined an old one is confluent growth), or
-    - a new lesion: 'new' from `min_new_lesion_volume_mm3`, 'possible_new' below, with no follow-up label (the
-      per-visit mask, and so the visit's lesion count, does not hold it); ids above every other. Confidence: its
-      mean change probability; centroid in follow-up mm.
+    - a new lesion: 'new' from `min_new_lesion_volume_mm3` when its mean change probability reaches
+      `min_change_only_new_probability` (one model's word alone needs more), 'possible_new' otherwise; it has no
+      follow-up label (the per-visit mask, and so the visit's lesion count, does not hold it); ids above every
+      other. Confidence: its mean change probability; centroid in follow-up mm.
     Returns the changes and the follow-up halfway labels with these voxels under their finding's id, for the
     thumbnails, viewers and label maps.
     """
@@ -130,9 +131,10 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
         voxel = np.argwhere(inside).mean(axis=0) + [part.start for part in box]
         centroid = (halfway_to_followup @ halfway_affine @ np.append(voxel, 1))[:3]
         labels[box][inside] = next_id
-        status = "new" if volumes[index] >= params.min_new_lesion_volume_mm3 else "possible_new"
-        added.append(LesionChange(next_id, status, 0.0, float(volumes[index]), tuple(float(value) for value in centroid),
-                                  (), (), confidence=round(float(change_probability[box][inside].mean()), 3),
+        mean = float(change_probability[box][inside].mean())
+        counted = volumes[index] >= params.min_new_lesion_volume_mm3 and mean >= params.min_change_only_new_probability
+        added.append(LesionChange(next_id, "new" if counted else "possible_new", 0.0, float(volumes[index]),
+                                  tuple(float(value) for value in centroid), (), (), confidence=round(mean, 3),
                                   change_only_mm3=float(volumes[index])))
         next_id += 1
     changes = list(changes)

@@ -97,15 +97,24 @@ def test_a_fine_tuned_bundle_keeps_the_changelog_and_names_its_starting_weights(
         "model_sha256": hashlib.sha256((first / "models" / "model.pt").read_bytes()).hexdigest()}
 
 
-def test_the_shipped_bundles_are_3_0_fine_tuned_from_2_0_and_their_recipes_load():
-    for role, folder in bundle.SHIPPED.items():
-        metadata = bundle.load_bundle(None, role).metadata
-        assert metadata["version"] == "3.0.0" and set(metadata["changelog"]) == {"2.0.0", "3.0.0"}
-        assert metadata["msvol"]["initialised_from"]["version"] == "2.0.0"
-        shipped = load_settings(folder / "configs" / "train.yaml")
-        scratch = load_settings(RECIPES / f"{role.replace('_', '-')}-2.0.yaml")
-        assert (shipped.version, scratch.version, scratch.init_bundle) == ("3.0.0", "2.0.0", "")
-        assert shipped.init_bundle == f"build/train-{role.replace('_', '-')}-2.0/bundle"  # where `make train` puts 2.0
+# role -> (shipped version, the versions it was fine-tuned through); `make train` rebuilds each stage from a recipe
+SHIPPED_LINEAGE = {"per_visit": ("3.0.0", ["2.0.0"]), "change": ("3.1.0", ["2.0.0", "3.0.0"])}
+
+
+@pytest.mark.parametrize("role", sorted(SHIPPED_LINEAGE))
+def test_the_shipped_bundles_record_their_fine_tuning_and_their_recipes_load(role):
+    version, earlier = SHIPPED_LINEAGE[role]
+    folder, stem = bundle.SHIPPED[role], role.replace("_", "-")
+    metadata = bundle.load_bundle(None, role).metadata
+    assert metadata["version"] == version and list(metadata["changelog"]) == [*earlier, version]
+    assert metadata["msvol"]["initialised_from"]["version"] == earlier[-1]
+    shipped = load_settings(folder / "configs" / "train.yaml")
+    assert shipped.version == version
+    # each stage starts from the previous one's output where `make train` puts it; the first from scratch
+    stages = [load_settings(RECIPES / f"{stem}-{release[:3]}.yaml") for release in earlier] + [shipped]
+    assert [stage.version for stage in stages] == [*earlier, version] and stages[0].init_bundle == ""
+    for previous, stage in zip(stages, stages[1:]):
+        assert stage.init_bundle == f"build/train-{stem}-{previous.version[:3]}/bundle"
 
 
 @pytest.mark.parametrize("part", ["configs/metadata.json", "configs/inference.json", "models/model.pt"])

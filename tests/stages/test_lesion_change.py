@@ -257,8 +257,21 @@ def test_change_only_findings_take_the_reporting_probability_and_the_size_thresh
     baseline, followup, changes = match(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), affine)
     change_probability = np.zeros(SHAPE, np.float32)
     change_probability[30, 30, 10:10 + voxels] = value  # a line of voxels: one component of that volume
-    found, _ = only(baseline, followup, changes, change_probability, affine)
+    params = dataclasses.replace(PARAMS, min_change_only_new_probability=PARAMS.min_new_change_probability)
+    found, _ = only(baseline, followup, changes, change_probability, affine, params=params)
     assert [change.status for change in found] == ([status] if status else [])
+
+
+@pytest.mark.parametrize("value, status", [(0.69, "possible_new"), (0.7, "new")])  # inclusive
+def test_a_new_lesion_only_the_change_model_sees_is_counted_from_its_own_threshold(affine, value, status):
+    """One model's word alone: between the reporting point (0.5) and min_change_only_new_probability it is a
+    possible new lesion, listed for the reader, whatever its size."""
+    baseline, followup, changes = match(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), affine)
+    change_probability = np.zeros(SHAPE, np.float32)
+    change_probability[30, 30, 10:43] = value  # 33 voxels: of countable size
+    params = dataclasses.replace(PARAMS, min_change_only_new_probability=0.7)
+    found, _ = only(baseline, followup, changes, change_probability, affine, params=params)
+    assert [(change.status, change.confidence) for change in found] == [(status, value)]
 
 
 def test_change_at_the_rim_of_either_visits_brain_is_no_finding(ball, affine):
