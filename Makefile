@@ -45,8 +45,7 @@ bench-heldout: $(STAMP)
 	$(PY) bench/checkset.py --report docs/BENCHMARKS.md
 
 # Retrain both shipped lesion models from scratch (CPU, the two in parallel; docs/MODEL.md): the 2.0 recipes
-# (msvol/training/recipes), then the fine-tunings from them: per-visit 3.0 (its bundle's own config), change 3.0
-# (recipes/change-3.0.yaml) and change 3.1 (its bundle's own config, the faint-lesion mix).
+# (msvol/training/recipes), then the 3.0 fine-tuning from them (the shipped bundles' own configs).
 # Copy build/train-per-visit/bundle and build/train-change/bundle over msvol/models/lesion_* to ship the result.
 RENDER = from pathlib import Path; from msvol.training import train; train.render_label_cases(range($(1), 1012, 2), Path("build/labelcache"))
 TRAIN = OMP_NUM_THREADS=1 $(VENV)/bin/msvol train --cache build/labelcache
@@ -55,8 +54,7 @@ train: $(STAMP)
 	$(TRAIN) --config msvol/training/recipes/per-visit-2.0.yaml --out build/train-per-visit-2.0 & \
 	$(TRAIN) --config msvol/training/recipes/change-2.0.yaml --out build/train-change-2.0; wait
 	$(TRAIN) --config msvol/models/lesion_segmenter/configs/train.yaml --out build/train-per-visit & \
-	$(TRAIN) --config msvol/training/recipes/change-3.0.yaml --out build/train-change-3.0; wait
-	$(TRAIN) --config msvol/models/lesion_change/configs/train.yaml --out build/train-change
+	$(TRAIN) --config msvol/models/lesion_change/configs/train.yaml --out build/train-change; wait
 
 clean:
 	rm -rf out build bench/work

@@ -152,8 +152,8 @@ class LesionParams:
         "(check-set design, seed 4300; bench/calibrate_operating_points.py, bundles 3.0.0, 2026-12-01): every "
         "value 0.3-0.7 gives the same figures (new 7/39 reported, 12/39 with candidates, false new 0 per pair), "
         "since every finding the per-visit model proposes reads >= 0.79; the rule (lowest value with false new "
-        "<= 0.3) would take 0.3 on a tie, 0.5 is kept until a set separates them. Again with change 3.1.0 "
-        "(2026-12-02): all 46 points of the grid tie (new 27/39 reported, 36/39 with candidates, no false new)")
+        "<= 0.3) would take 0.3 on a tie, 0.5 is kept until a set separates them. With a faint-mix change model "
+        "(2026-12-02, not shipped): all 46 points of the grid tie too (new 27/39 reported, 36/39 with candidates)")
     # The candidate operating point: findings listed as 'possible_new' for the reader, never counted until confirmed.
     min_candidate_change_probability: float = _p(
         0.2, "probability",
@@ -162,17 +162,16 @@ class LesionParams:
         "min_new_lesion_volume_mm3, is a 'possible new lesion'; below it, stable (or dropped if small). "
         "Calibration set (as min_new_change_probability): every value 0.05-0.5 gives 0.71 candidates per pair "
         "(target <= 2) and the same sensitivity, so 0.2 is kept; what limits the candidates is the per-visit "
-        "model, which proposes no region for most missed lesions (docs/MODEL.md). With change 3.1.0: 1.43 per pair "
-        "at every value")
+        "model, which proposes no region for most missed lesions (docs/MODEL.md)")
     min_change_only_new_probability: float = _p(
         0.5, "probability",
         "msvol choice (issue 12): a new lesion only the change model sees (no per-visit lesion at either visit) is "
         "counted when its mean change probability reaches this, and listed as a possible new lesion below it. "
-        "Calibration set (seed 4300; bench/calibrate_operating_points.py, per-visit 3.0.0 + change 3.1.0, "
-        "2026-12-02): no false new lesion at any value 0.3-0.9, while raising it only demotes true ones (reported "
-        "27/39 up to 0.6, 26/39 at 0.7-0.8, 25/39 at 0.9); the rule (lowest value with false new <= 0.3 and <= 2 "
-        "candidates per pair) takes the reporting point itself, below which no such component forms. The check "
-        "set's three false new lesions of change 3.1 (0.70-0.71) are not used to set it: it is the test set")
+        "Calibrated with a faint-mix change model that was then not shipped (docs/MODEL.md; seed 4300, "
+        "bench/calibrate_operating_points.py, 2026-12-02): no false new lesion at any value 0.3-0.9, while raising "
+        "it only demotes true ones (reported 27/39 up to 0.6, 26/39 at 0.7-0.8, 25/39 at 0.9); the rule (lowest "
+        "value with false new <= 0.3 and <= 2 candidates per pair) takes the reporting point itself, below which "
+        "no such component forms. With the shipped 3.0.0 that is the rule of 2026-12-01 unchanged")
     min_candidate_volume_mm3: float = _p(
         5.0, "mm3", "msvol choice: the smallest possible new lesion listed (>=): min_lesion_volume_mm3, 5 voxels at 1 mm")
     change_only_margin_voxels: int = _p(
