@@ -58,7 +58,8 @@ def relabel(run_subject: Path, target: Path, reporting: float, candidate: float,
                 confidence, volume = lesion["confidence"], lesion.get("followup_volume_mm3") or 0.0
                 if confidence < candidate:
                     continue  # below both thresholds: not listed (a stable call would not be scored either)
-                needed = reporting if lesion["followup_labels"] or change_only_reporting is None else change_only_reporting
+                only_change_model = not lesion["followup_labels"] and change_only_reporting is not None
+                needed = change_only_reporting if only_change_model else reporting
                 lesion["status"] = "new" if confidence >= needed and volume >= min_new_mm3 else "possible_new"
                 ids[lesion["status"]].append(lesion["id"])
             kept.append(lesion)

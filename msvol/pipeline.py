@@ -129,8 +129,8 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     if change_model is not None and params.lesions.use_change_model:
         change_probability = segment.predict_change((flairs[0].data, flairs[1].data), (t1s[0].data, t1s[1].data),
                                                     both_brain, params.segment, change_model)
-    changes = lesion_change.fuse_change(changes, change_probability, followup_lesions, labels[0].data, labels[1].data,
-                                  params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
+    changes = lesion_change.fuse_change(changes, change_probability, followup_lesions, labels[0].data,
+                                        labels[1].data, params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     followup_labels = labels[1].data
     if change_probability is not None:
         changes, followup_labels = lesion_change.change_only_findings(
@@ -140,8 +140,8 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
         loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),
                                                   both_brain, params.segment, change_model, region=losses)
-        changes = lesion_change.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data, params.lesions,
-                                         voxel_mm3=flairs[0].voxel_volume_mm3)
+        changes = lesion_change.confirm_losses(changes, loss_probability, labels[0].data, labels[1].data,
+                                               params.lesions, voxel_mm3=flairs[0].voxel_volume_mm3)
     flags = _interval_flags(baseline, followup, result.alignment_correlation, years, params)
     images = IntervalImages(flairs[0].data, flairs[1].data, labels[0].data, followup_labels, grid[1],
                             halfway_to_followup=to_followup.matrix)
