@@ -19,7 +19,7 @@ def structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
 
 
-def relative_threshold(baseline_mm3: float, params: LesionParams) -> float:
+def _relative_threshold(baseline_mm3: float, params: LesionParams) -> float:
     small = baseline_mm3 < params.small_lesion_max_volume_mm3
     return params.min_relative_change_small if small else params.min_relative_change_large
 
@@ -27,7 +27,7 @@ def relative_threshold(baseline_mm3: float, params: LesionParams) -> float:
 def change_needed_mm3(baseline_mm3: float, reference_mm3: float, params: LesionParams) -> float:
     """The smallest volume change that counts: the absolute floor, and the size-dependent fraction (by the
     baseline size) of `reference_mm3` (the baseline for growth, the follow-up for shrinkage)."""
-    return max(params.min_absolute_change_mm3, relative_threshold(baseline_mm3, params) * reference_mm3)
+    return max(params.min_absolute_change_mm3, _relative_threshold(baseline_mm3, params) * reference_mm3)
 
 
 def classify_change(baseline_mm3: float, followup_mm3: float, params: LesionParams) -> str:

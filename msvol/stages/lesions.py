@@ -7,7 +7,8 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
 - new: a follow-up lesion in no group with a baseline lesion, volume >= min_new_lesion_volume_mm3.
   Smaller ones (>= min_candidate_volume_mm3) are 'possible_new': listed for the reader, never counted.
   New tissue that only the change model sees, away from every per-visit lesion, is new or possible new
-  too (`change_only_findings`), without a follow-up label; touching a baseline lesion, it is that lesion's growth.
+  too (`lesion_change.change_only_findings`), without a follow-up label; touching a baseline lesion, it is
+  that lesion's growth.
 - both visits together (hysteresis): a lesion found at one visit only, whose region the other visit's
   per-visit probability still covers (mean >= min_presence_probability), is stable, not new or resolved;
   an enlargement or shrinkage must show in the probability-weighted volumes too, not only in the
