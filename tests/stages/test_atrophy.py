@@ -8,6 +8,7 @@ import functools
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from msvol.config import AtrophyParams
 from msvol.datatypes import Volume
@@ -247,6 +248,28 @@ def test_differential_bias_correction_is_what_removes_a_residual_field():
     assert abs(brain_pbvc(baseline, followup, dataclasses.replace(PARAMS, bias_smoothing_mm=0.0))) > 0.12
 
 
+def surface_to_depth_field(amplitude: float) -> np.ndarray:
+    """What N4 leaves differently at two visits (issue 12, held-out standard sub-04: -6 % at the brain's surface,
+    +3.5 % 20 mm deep): a multiplicative field falling by `amplitude` from the surface to 15 mm depth, rising
+    by 0.6 `amplitude` beyond."""
+    depth = ndimage.distance_transform_edt(brain_phantom.brain_mask(brain()))
+    return np.exp(-amplitude * np.clip(1 - depth / 15, -0.6, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("change", ["none", "contraction", "divergence"])
+def test_a_residual_from_the_surface_to_the_depth_is_not_atrophy(change):
+    """Regression (issue 12): DBC as a Gaussian local mean of pure-WM and mid-grey voxels (15 mm) did not reach the
+    surface, where BSI measures: with this field (4 %) the pair read -0.52 % on an unchanged brain and 1.24-1.25 of
+    both known changes; 0.90-2.09 of the truth on held-out standard pairs. The local plane through WM blocks
+    follows it."""
+    baseline, (t1, mask) = scan("none", 1), scan(change, 2 if change != "none" else 3)
+    followup = (t1.with_data(t1.data * surface_to_depth_field(0.04)), mask)
+    if change == "none":
+        assert abs(brain_pbvc(baseline, followup)) <= 0.1
+    else:
+        assert brain_pbvc(baseline, followup) / true_brain_pbvc(change) == pytest.approx(1.0, abs=0.05)
+
+
 def test_reference_voxels_are_pure_and_the_same_anatomy_at_both_visits():
     """Dark references sit in CSF and bright ones in WM at both visits, not in edges that atrophy moves (the old
     baseline-only selection took voxels whose content atrophy changed: a 1 % drift of the CSF reference)."""
@@ -260,20 +283,21 @@ def test_reference_voxels_are_pure_and_the_same_anatomy_at_both_visits():
     assert (before["wm"] != after["wm"])[bright].mean() < 1e-3
 
 
-def test_smooth_within_spreads_the_samples_mean_over_the_grid():
-    """DBC's normalised convolution: the local weighted mean of the samples, wherever samples lie within reach
-    (a constant comes back exactly, a linear field at the samples' centre), falling to 0 far from all of them."""
-    shape = (40, 44, 36)
+def test_smooth_within_fits_a_gradient_out_to_the_edge_of_its_samples():
+    """DBC's field (issue 12): a local plane through 4 mm block means, so a constant and a linear field come back
+    wherever samples reach, also just beyond their edge (the cortex lies a few mm outside the pure WM) and where
+    samples are sparse next to dense ones; it falls to 0 far from all of them. A Gaussian local mean flattened
+    a surface-to-depth gradient towards the dense deep samples."""
+    shape = (48, 44, 36)
     x, y, _ = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
     samples = np.zeros(shape, bool)
-    samples[8:32:3, 8:36:3, 6:30:3] = True
+    samples[8:24, 8:36, 6:30] = True  # dense "deep WM"
+    samples[24:36:5, 8:36:5, 6:30:5] = True  # a few "gyral WM" samples towards the surface
     constant = smooth_within(np.full(shape, 0.03), samples, sigma_mm=6.0, spacing_mm=(1.0, 1.0, 1.0))
-    np.testing.assert_allclose(constant[8:32, 8:36, 6:30], 0.03, rtol=1e-2)
-    linear = 0.002 * (x - 20) + 0.001 * (y - 22)
+    np.testing.assert_allclose(constant[8:36, 8:36, 6:30], 0.03, rtol=2e-2)
+    linear = 0.004 * (x - 20) + 0.001 * (y - 22)
     smooth = smooth_within(linear, samples, sigma_mm=6.0, spacing_mm=(1.0, 1.0, 1.0))
-    centre = (slice(15, 23), slice(18, 26), slice(14, 22))
-    assert smooth[centre].mean() == pytest.approx(linear[centre].mean(), abs=5e-4)
-    # blocks of 4 mm place each block's samples at its centre: up to ~1.5 voxels of the gradient locally
-    np.testing.assert_allclose(smooth[centre], linear[centre], atol=3e-3)
-    far = smooth_within(np.full(shape, 0.03), samples & (x < 10), sigma_mm=3.0, spacing_mm=(1.0, 1.0, 1.0))
-    assert abs(far[-1, 22, 18]) < 1e-3 < abs(far[9, 22, 18])
+    np.testing.assert_allclose(smooth[8:36, 8:36, 6:30], linear[8:36, 8:36, 6:30], atol=1e-3)
+    np.testing.assert_allclose(smooth[36:40, 12:32, 10:26], linear[36:40, 12:32, 10:26], atol=2e-3)  # beyond
+    far = smooth_within(np.full(shape, 0.03), samples & (x < 12), sigma_mm=3.0, spacing_mm=(1.0, 1.0, 1.0))
+    assert abs(far[-1, 22, 18]) < 1e-3 < abs(far[11, 22, 18])
