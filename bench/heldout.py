@@ -29,7 +29,7 @@ from msvol.stages import lesions, preprocess, segment
 from msvol.synth import patients
 
 
-def _generate(data_dir: Path, subjects: int, first_seed: int, contrast: str) -> None:
+def generate(data_dir: Path, subjects: int, first_seed: int, contrast: str) -> None:
     settings = patients.SynthSettings(n_visits=3, contrast=contrast)
     for index in range(subjects):
         subject = f"{index + 1:02d}"
@@ -64,7 +64,7 @@ def _write_flair_only(prepared, patient, params: Params, resources, out: Path) -
 
 def run_preset(out: Path, subjects: int, first_seed: int, contrast: str) -> dict:
     data = out / "data"
-    _generate(data, subjects, first_seed, contrast)
+    generate(data, subjects, first_seed, contrast)
     fused_params = Params()
     independent_params = dataclasses.replace(
         fused_params, lesions=dataclasses.replace(fused_params.lesions, use_change_model=False))
