@@ -103,10 +103,12 @@ def measure(names: list[str], out: Path) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("prepare", "measure"))
-    parser.add_argument("sets", nargs="*", choices=SETS, default=[])
+    parser.add_argument("sets", nargs="*", metavar="SET", help=f"one of {', '.join(SETS)}; measure: all saved")
     parser.add_argument("--subjects", type=int, default=8, help="prepare: subjects (held-out 8, check set 7)")
     parser.add_argument("--out", type=Path, default=Path("bench/work/pbvc_sets"))
     args = parser.parse_args(argv)
+    if unknown := sorted(set(args.sets) - set(SETS)):
+        parser.error(f"unknown set {', '.join(unknown)}: choose from {', '.join(SETS)}")
     if args.step == "prepare":
         for name in args.sets:
             prepare(name, args.out, args.subjects)
