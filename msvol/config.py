@@ -221,7 +221,7 @@ class AtrophyParams:
         "its depth read 1.02/1.08 (divergence), 1.03/1.09 (contraction), scan-rescan -0.09/-0.20 %. The local "
         "mean of pure-WM and mid-grey voxels at 15 mm (before) read 1.37, 1.38 and -0.78 % there, and 2.09 on "
         "held-out standard sub-04 ses-01 -> 02; mid-grey samples under a local fit follow the cortex's own change "
-        "(standard pairs 0.94 median, docs/METHODS.md)")
+        "(at 10 mm: standard pairs 0.94 median, docs/METHODS.md)")
     tissue_flat_fraction: float = _p(
         0.4, "fraction of the voxels",
         "msvol choice (issue 12), first value tried, not tuned: the PBVC's grey-matter level comes from the flattest "
