@@ -187,6 +187,20 @@ class LesionParams:
         "msvol choice: a lesion found at one visit only is still 'present' at the other when that visit's mean "
         "per-visit probability over its region (halfway grid) reaches this: then it is stable, not new or "
         "resolved (hysteresis across visits, as a reader compares both scans)")
+    # The subtraction image: possible new lesions no model proposes (msvol.stages.lesion_subtraction).
+    use_subtraction_candidates: bool = _p(
+        True, "switch",
+        "msvol choice (issue 12): list new FLAIR hyperintensity on the subtraction image, away from every known "
+        "lesion, as possible new lesions (never counted); the models miss small faint new lesions (docs/MODEL.md)")
+    min_subtraction_rise: float = _p(
+        0.08, "fraction of the baseline FLAIR tissue level",
+        "msvol choice (issue 12): PLACEHOLDER")
+    min_subtraction_volume_mm3: float = _p(
+        10.0, "mm3", "msvol choice (issue 12): PLACEHOLDER")
+    subtraction_smoothing_mm: float = _p(
+        1.0, "mm (Gaussian sigma)",
+        "msvol choice (issue 12): about the radius of the smallest lesion to find (14 mm3: 1.5 mm); averages the noise "
+        "of a few voxels before the threshold, and a lesion's rise survives it")
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,8 @@ class LesionChange:
     split: bool = False  # one baseline lesion became several
     confluent: bool = False  # grew by touching/joining: reported as enlarging, never as new
     confidence: float | None = None  # 0-1, how sure the models are of `status` (see lesion_change.fuse_change)
-    change_only_mm3: float = 0.0  # of followup_volume_mm3, the new tissue only the change model sees (halfway grid)
+    change_only_mm3: float = 0.0  # of followup_volume_mm3, new tissue no per-visit mask holds (halfway grid)
+    subtraction_only: bool = False  # a possible new lesion only the FLAIR subtraction image shows
 
 
 @dataclass(frozen=True)

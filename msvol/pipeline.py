@@ -39,7 +39,7 @@ from msvol.datatypes import (REVIEWED_STATUSES, AtrophyResult, IntervalImages, I
 from msvol.errors import OutputExistsError
 from msvol.models import bundle
 from msvol.outputs import dicom as dicom_export, dicom_source, html, report
-from msvol.stages import atlas, atrophy, lesion_change, lesions, preprocess, register, segment
+from msvol.stages import atlas, atrophy, lesion_change, lesion_subtraction, lesions, preprocess, register, segment
 
 Progress = Callable[[str], None]
 # Hidden folders beside OUT/sub-XX while it is written: f".sub-XX{STAGING}{pid}" (the new result being
@@ -136,6 +136,10 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
         changes, followup_labels = lesion_change.change_only_findings(
             changes, change_probability, labels[0].data, labels[1].data, both_brain, params.lesions,
             halfway_affine=grid[1], halfway_to_followup=to_followup.matrix)
+    if params.lesions.use_subtraction_candidates:
+        changes, followup_labels = lesion_subtraction.subtraction_candidates(
+            changes, flairs[0].data, flairs[1].data, labels[0].data, followup_labels, both_brain, params.lesions,
+            halfway_affine=grid[1], halfway_to_followup=to_followup.matrix)
     losses = lesion_change.loss_region(changes, labels[0].data) if change_probability is not None else None
     if losses is not None and losses.any():  # the change model read backwards: what was there and is gone
         loss_probability = segment.predict_change((flairs[1].data, flairs[0].data), (t1s[1].data, t1s[0].data),
@@ -231,7 +235,8 @@ def run_patient(patient: Patient, out_dir: Path, params: Params, resources: Reso
         lesion_maps.append(lesion_map)
         progress(f"sub-{patient.subject} ses-{visit.session}: done in {time.time() - started:.0f} s")
     uses_change_model = resources.change_model is not None and params.lesions.use_change_model
-    methods += [segment_methods, lesions.METHODS] + [lesion_change.METHODS] * uses_change_model + [atrophy.METHODS]
+    methods += ([segment_methods, lesions.METHODS] + [lesion_change.METHODS] * uses_change_model
+                + [lesion_subtraction.METHODS] * params.lesions.use_subtraction_candidates + [atrophy.METHODS])
 
     intervals, thumbnails, viewers, finding_maps = [], {}, {}, {}
     for first, second in interval_pairs(len(prepared)):

@@ -26,8 +26,9 @@ from msvol.datatypes import REVIEWED_STATUSES, Acquisition, IntervalResult, QCFl
 # the reporting operating point, for the reader; counts["possible_new"], never in the other counts); 1.5: a
 # possible_new lesion may have no followup_labels (seen by the change model only), and interval files name
 # "possible_new_lesions", the label map of every possible new lesion; 1.6: lesions carry "change_only_volume_mm3",
-# the part of followup_volume_mm3 only the change model sees (an enlargement the per-visit mask missed)
-SCHEMA_VERSION = "1.6"
+# the part of followup_volume_mm3 only the change model sees (an enlargement the per-visit mask missed); 1.7: lesions
+# carry "subtraction_only", a possible new lesion only the FLAIR subtraction image shows (confidence null)
+SCHEMA_VERSION = "1.7"
 STATUS = "automated result, awaiting radiologist confirmation"
 DISCLAIMER = ("msvol is research software, not a medical device. Its lesion models were trained on synthetic "
               "data only. Every finding must be confirmed or corrected by a radiologist.")
@@ -44,6 +45,8 @@ REFERENCES = {
     "leung2010": "Leung KK et al. Robust atrophy rate measurement in Alzheimer's disease using multi-site "
                  "serial MRI: tissue-specific intensity normalization and parameter selection. "
                  "NeuroImage 2010;50:516-23.",
+    "moraal2009": "Moraal B et al. Subtraction MR images in a multiple sclerosis multicenter clinical trial setting. "
+                  "Radiology 2009;250:506-14.",
     "buckner2004": "Buckner RL et al. A unified approach for morphometric and functional data analysis in young, "
                    "old, and demented adults using automated atlas-based head size normalization. "
                    "NeuroImage 2004;23:724-38.",
@@ -157,6 +160,7 @@ def _lesion_model(change) -> dict:
         "split": change.split,
         "confluent": change.confluent,
         "confidence": change.confidence,
+        "subtraction_only": change.subtraction_only,
     }
     if change.status in REVIEWED_STATUSES:
         model["review"] = {"decision": "pending"}

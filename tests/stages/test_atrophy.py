@@ -13,7 +13,8 @@ from scipy import ndimage
 from msvol.config import AtrophyParams
 from msvol.datatypes import Volume
 from msvol.errors import InputError
-from msvol.stages.atrophy import measure_pbvc, reference_voxels, smooth_within, tissue_means, tissue_volume_ml
+from msvol.stages.atrophy import measure_pbvc, reference_voxels, tissue_means, tissue_volume_ml
+from msvol.stages.smooth_field import smooth_within
 from tests.stages import brain_phantom
 
 SHAPE = (64, 64, 64)
