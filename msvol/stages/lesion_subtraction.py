@@ -43,6 +43,11 @@ def subtraction_rise(baseline_flair: np.ndarray, followup_flair: np.ndarray, bra
                      lesion_mask: np.ndarray, *, smoothing_mm: float, spacing_mm) -> np.ndarray:
     """The follow-up's rise over the baseline, in units of the baseline tissue level, smoothed within tissue
     (0 outside it). `lesion_mask`: voxels of known lesions, left out of the intensity match."""
+    corners = np.argwhere(brain_mask)
+    box = tuple(slice(low, high + 1) for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
+    whole = np.zeros(brain_mask.shape, np.float32)  # computed over the brain's bounding box only: a third of the grid
+    baseline_flair, followup_flair = baseline_flair[box], followup_flair[box]
+    brain_mask, lesion_mask = brain_mask[box], lesion_mask[box]
     baseline = baseline_flair.astype(np.float32)
     followup = followup_flair.astype(np.float32)
     level = tissue_level(baseline, brain_mask)
@@ -57,7 +62,8 @@ def subtraction_rise(baseline_flair: np.ndarray, followup_flair: np.ndarray, bra
     sigma = [smoothing_mm / s for s in spacing_mm]
     weight = ndimage.gaussian_filter(core.astype(np.float32), sigma)
     smoothed = ndimage.gaussian_filter(rise, sigma) / np.maximum(weight, 1e-6)
-    return np.where(core & (weight > 0.5), smoothed, 0).astype(np.float32)
+    whole[box] = np.where(core & (weight > 0.5), smoothed, 0)
+    return whole
 
 
 def known_lesions(baseline_halfway: np.ndarray, followup_halfway: np.ndarray) -> np.ndarray:
