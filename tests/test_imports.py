@@ -28,7 +28,8 @@ SUBPACKAGE_INITS = sorted(module_name(path) for path in PACKAGE.glob("*/__init__
 
 LEAVES = {"config", "datatypes", "errors"}
 ATLAS = "stages.atlas"  # the MNI template loader: a leaf inside stages, used by stages' composer and by synth
-# the thresholds and confluent-growth test the two lesion stages share: a leaf inside stages too
+# the thresholds and confluent-growth test the lesion stages share, and the smooth field atrophy and the subtraction
+# image share: leaves inside stages too
 STAGE_LEAVES = {ATLAS, "stages.lesion_rules", "stages.smooth_field"}
 # part -> (parts and modules it may import besides the leaves, or None for "anything not forbidden"; forbidden)
 RULES = {
