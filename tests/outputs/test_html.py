@@ -251,3 +251,15 @@ def test_review_list_keeps_the_report_order_between_equal_confidences(report, th
     for lesion in report["intervals"][0]["lesions"]:
         lesion["confidence"] = 0.5
     assert reviewed_ids(render_html(report, thumbnails)) == [3, 8, 11]
+
+
+def test_a_possible_new_lesion_only_the_subtraction_image_shows_says_so(report, thumbnails):
+    assert "subtraction image only" not in render_html(report, thumbnails)
+    report["intervals"][0]["lesions"].append(
+        {"id": 20, "status": "possible_new", "baseline_volume_mm3": 0.0, "followup_volume_mm3": 19.0,
+         "centroid_mm": [1.0, 2.0, 3.0], "baseline_labels": [], "followup_labels": [], "merged": False, "split": False,
+         "confluent": False, "confidence": None, "subtraction_only": True, "review": {"decision": "pending"}})
+    report["intervals"][0]["counts"]["possible_new"] = 1
+    page = render_html(report, thumbnails)
+    assert "Lesion 20: possible new (not counted)" in page
+    assert "new FLAIR hyperintensity on the subtraction image only: no model proposed it." in page
