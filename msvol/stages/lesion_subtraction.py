@@ -1,6 +1,6 @@
 """Possible new lesions on the FLAIR subtraction image: new hyperintensity that no model proposes (issue 12).
 
-The two models miss small new lesions of faint FLAIR contrast (+15 % to +35 % over white matter), because their
+The two models miss small new lesions of faint FLAIR contrast (+15 % to +60 % over white matter), because their
 training saw too few of them; a reader can reject a false candidate in a second but never sees a lesion that was
 not proposed. Subtraction of registered visits is how readers find such lesions (Moraal et al. 2009). Here:
 1. the follow-up FLAIR is put on the baseline's intensity scale by a smooth multiplicative field (the visits' bias
@@ -46,10 +46,8 @@ def subtraction_rise(baseline_flair: np.ndarray, followup_flair: np.ndarray, bra
     corners = np.argwhere(brain_mask)
     box = tuple(slice(low, high + 1) for low, high in zip(corners.min(axis=0), corners.max(axis=0)))
     whole = np.zeros(brain_mask.shape, np.float32)  # computed over the brain's bounding box only: a third of the grid
-    baseline_flair, followup_flair = baseline_flair[box], followup_flair[box]
+    baseline, followup = baseline_flair[box].astype(np.float32), followup_flair[box].astype(np.float32)
     brain_mask, lesion_mask = brain_mask[box], lesion_mask[box]
-    baseline = baseline_flair.astype(np.float32)
-    followup = followup_flair.astype(np.float32)
     level = tissue_level(baseline, brain_mask)
     followup_level = tissue_level(followup, brain_mask)
     tissue = brain_mask & (baseline > _TISSUE_FRACTION * level) & (followup > _TISSUE_FRACTION * followup_level)
