@@ -188,25 +188,19 @@ class LesionParams:
         "per-visit probability over its region (halfway grid) reaches this: then it is stable, not new or "
         "resolved (hysteresis across visits, as a reader compares both scans)")
     # The subtraction image: possible new lesions no model proposes (msvol.stages.lesion_subtraction).
-    use_subtraction_candidates: bool = _p(
-        True, "switch",
-        "msvol choice (issue 12): list new FLAIR hyperintensity on the subtraction image, away from every known "
-        "lesion, as possible new lesions (never counted); the models miss small faint new lesions (docs/MODEL.md)")
+    use_subtraction_candidates: bool = _p(True, "switch", "msvol choice (issue 12): the models miss small faint new "
+                                          "lesions (docs/MODEL.md); list them for the reader, never counted")
     min_subtraction_rise: float = _p(
         0.08, "fraction of the baseline FLAIR tissue level",
-        "chosen on the calibration set (check-set design, seed 4300, 7 pairs; `python bench/calibrate_subtraction.py "
-        "score --choose`, 2026-12-07, bundles 3.0.0) by a rule fixed before: false added candidates <= 0.3 per pair "
-        "and all candidates <= 2 per pair, then the most new lesions gained, then the lowest rise and volume. At "
-        "0.08 / 10 mm3 (smoothing 1 mm): 0.71 added per pair, none false, 5 of the 7 missed new lesions gained (all "
-        "candidates 2.00 per pair); 0.07 gains 4 with 0.14 false per pair, 0.06 gives 2.6 false per pair (noise)")
-    min_subtraction_volume_mm3: float = _p(
-        10.0, "mm3", "chosen with min_subtraction_rise (same grid and rule: 5, 10, 15, 20 mm3); 5 mm3 adds a "
-        "candidate per 7 pairs and no lesion at 0.08")
-    subtraction_smoothing_mm: float = _p(
-        1.0, "mm (Gaussian sigma)",
-        "msvol choice (issue 12): about the radius of the smallest lesion to find (14 mm3: 1.5 mm), so the noise of a "
-        "few voxels is averaged and a lesion's rise survives; on the calibration grid 1.5 mm gains at most 4 lesions "
-        "where 1 mm gains 5")
+        "calibration set (check-set design, seed 4300, 7 pairs; `python bench/calibrate_subtraction.py score "
+        "--choose`, 2026-12-07, bundles 3.0.0), rule fixed before: false added candidates <= 0.3 and all candidates "
+        "<= 2 per pair, then the most lesions gained, then the lowest rise and volume. 0.08 / 10 mm3 / 1 mm: 0.71 "
+        "added per pair, none false, 5 of 7 missed new lesions gained; 0.07: 4 gained, 0.14 false per pair; 0.06: 2.6 "
+        "false")
+    min_subtraction_volume_mm3: float = _p(10.0, "mm3", "with min_subtraction_rise (grid 5-20 mm3); 5 mm3 adds a "
+                                           "candidate per 7 pairs and no lesion at 0.08")
+    subtraction_smoothing_mm: float = _p(1.0, "mm (Gaussian sigma)", "about the radius of the smallest lesion to find "
+                                         "(14 mm3: 1.5 mm); calibration grid: 1.5 mm gains at most 4 lesions, 1 mm 5")
 
 
 @dataclass(frozen=True)
