@@ -29,12 +29,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from msvol import pipeline
 from msvol.config import LesionParams, Params
+from msvol.datatypes import Rigid, Volume
 from msvol.ingest import bids
-from msvol.stages import lesion_subtraction
+from msvol.stages import lesion_subtraction, register
 from msvol.synth import checkset
 
 GRID = [(smoothing, rise, volume) for smoothing in (1.0, 1.5) for rise in (0.05, 0.06, 0.07, 0.08, 0.10, 0.12)
@@ -70,10 +70,10 @@ def prepare(out: Path, data: Path) -> None:
 
 
 def _truth_on_grid(path: Path, affine: np.ndarray, to_followup: np.ndarray, shape) -> np.ndarray:
+    """The truth labels (follow-up grid) pulled onto the halfway grid, as the pipeline resamples labels."""
     image = nib.load(path)
-    voxel_map = np.round(np.linalg.inv(image.affine) @ to_followup @ affine, 9)
-    return ndimage.affine_transform(np.asarray(image.dataobj).astype(np.int32), voxel_map[:3, :3], voxel_map[:3, 3],
-                                    output_shape=shape, order=0, mode="constant")
+    labels = Volume(np.asarray(image.dataobj).astype(np.int32), image.affine, "labels")
+    return register.resample(labels, Rigid(to_followup), shape, affine).data
 
 
 def _other_candidates(out: Path, subject: str, interval: dict) -> int:
