@@ -147,31 +147,25 @@ class LesionParams:
         "per pair 0.24 fused vs 0.71 independent, new-lesion sensitivity 1.00 in both (docs/BENCHMARKS.md)")
     min_new_change_probability: float = _p(
         0.5, "probability",
-        "msvol choice (the reporting operating point): a lesion absent at baseline counts as new, and new tissue "
-        "as enlargement, only when the change model's mean probability over it reaches this. Calibration set "
-        "(check-set design, seed 4300; bench/calibrate_operating_points.py, bundles 3.0.0, 2026-12-01): every "
-        "value 0.3-0.7 gives the same figures (new 7/39 reported, 12/39 with candidates, false new 0 per pair), "
-        "since every finding the per-visit model proposes reads >= 0.79; the rule (lowest value with false new "
-        "<= 0.3) would take 0.3 on a tie, 0.5 is kept until a set separates them. With a faint-mix change model "
-        "(2026-12-02, not shipped): all 46 points of the grid tie too (new 27/39 reported, 36/39 with candidates)")
+        "msvol choice (the reporting operating point): a lesion absent at baseline counts as new, and new tissue as "
+        "enlargement, only when the change model's mean probability over it reaches this. Calibration set (check-set "
+        "design, seed 4300; bench/calibrate_operating_points.py, bundles 3.0.0, 2026-12-01): 0.3-0.7 all give new 7/39 "
+        "reported, 12/39 with candidates, false new 0 per pair (every per-visit proposal reads >= 0.79); 0.5 is kept "
+        "until a set separates them (a faint-mix change model, not shipped: all 46 grid points tie too)")
     # The candidate operating point: findings listed as 'possible_new' for the reader, never counted until confirmed.
     min_candidate_change_probability: float = _p(
         0.2, "probability",
-        "msvol choice (the candidate operating point): a lesion absent at baseline whose change-model mean "
-        "probability reaches this but not min_new_change_probability, or that is smaller than "
-        "min_new_lesion_volume_mm3, is a 'possible new lesion'; below it, stable (or dropped if small). "
-        "Calibration set (as min_new_change_probability): every value 0.05-0.5 gives 0.71 candidates per pair "
-        "(target <= 2) and the same sensitivity, so 0.2 is kept; what limits the candidates is the per-visit "
-        "model, which proposes no region for most missed lesions (docs/MODEL.md)")
+        "msvol choice (the candidate operating point): a lesion absent at baseline reaching this but not "
+        "min_new_change_probability, or smaller than min_new_lesion_volume_mm3, is a 'possible new lesion'; below, "
+        "stable (or dropped if small). Calibration set (as above): 0.05-0.5 all give 0.71 candidates per pair (target "
+        "<= 2) and the same sensitivity; the per-visit model proposes no region for most missed lesions (docs/MODEL.md)")
     min_change_only_new_probability: float = _p(
         0.5, "probability",
         "msvol choice (issue 12): a new lesion only the change model sees (no per-visit lesion at either visit) is "
-        "counted when its mean change probability reaches this, and listed as a possible new lesion below it. "
-        "Calibrated with a faint-mix change model that was then not shipped (docs/MODEL.md; seed 4300, "
-        "bench/calibrate_operating_points.py, 2026-12-02): no false new lesion at any value 0.3-0.9, while raising "
-        "it only demotes true ones (reported 27/39 up to 0.6, 26/39 at 0.7-0.8, 25/39 at 0.9); the rule (lowest "
-        "value with false new <= 0.3 and <= 2 candidates per pair) takes the reporting point itself, below which "
-        "no such component forms. With the shipped 3.0.0 that is the rule of 2026-12-01 unchanged")
+        "counted from this mean change probability, a possible new lesion below. Calibrated with a faint-mix change "
+        "model, not shipped (seed 4300, bench/calibrate_operating_points.py, 2026-12-02): no false new lesion at "
+        "0.3-0.9, raising it only demotes true ones (27/39 reported up to 0.6, 25/39 at 0.9); the rule (lowest value "
+        "with false new <= 0.3 and <= 2 candidates per pair) takes the reporting point; for 3.0.0 likewise")
     min_candidate_volume_mm3: float = _p(
         5.0, "mm3", "msvol choice: the smallest possible new lesion listed (>=): min_lesion_volume_mm3, 5 voxels at 1 mm")
     change_only_margin_voxels: int = _p(
@@ -187,6 +181,13 @@ class LesionParams:
         "msvol choice: a lesion found at one visit only is still 'present' at the other when that visit's mean "
         "per-visit probability over its region (halfway grid) reaches this: then it is stable, not new or "
         "resolved (hysteresis across visits, as a reader compares both scans)")
+    growth_bridge_probability: float = _p(
+        0.05, "probability",
+        "issue 12: a follow-up lesion joined to a baseline lesion through follow-up tissue of per-visit probability >= "
+        "this is its growth, not new (lesion_rules.reach_labels). Calibration sets (check-set design seed 4300 and "
+        "shifted seeds 700-705, 25 pairs; `python bench/calibrate_bridge.py score --choose`, 2026-12-07), rule fixed "
+        "before: the lowest of 0.3/0.2/0.1/0.05 joining no finding on a truth new lesion: none joined at any level; "
+        "0.05 joins 4 others (2 counted new)")
     # The subtraction image: possible new lesions no model proposes (msvol.stages.lesion_subtraction).
     use_subtraction_candidates: bool = _p(True, "switch", "msvol choice (issue 12): the models miss small faint new "
                                           "lesions (docs/MODEL.md); list them for the reader, never counted")
@@ -244,7 +245,7 @@ class AtrophyParams:
         "(1094 vs the cortex's ~1290) and BSI read 0.2-0.5 of the change. With it (2026-12-02, probes on cached "
         "prepared visits): held-out shifted sub-01..04 median recovery 0.45 -> 0.86; bench/pbvc_recovery.py cases "
         "contraction 21 1.041 -> 1.043, divergence 810/811/812 0.997/1.033/0.972 -> 1.023/1.048/0.986; check set "
-        "0.79 unchanged. Not yet in docs/BENCHMARKS.md")
+        "0.79 unchanged")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(

@@ -135,7 +135,7 @@ def analyse_interval(baseline: PreparedVisit, followup: PreparedVisit, baseline_
     if change_probability is not None:
         changes, followup_labels = lesion_change.change_only_findings(
             changes, change_probability, labels[0].data, labels[1].data, both_brain, params.lesions,
-            halfway_affine=grid[1], halfway_to_followup=to_followup.matrix)
+            halfway_affine=grid[1], halfway_to_followup=to_followup.matrix, followup_probability=probabilities[1])
     if params.lesions.use_subtraction_candidates:
         changes, followup_labels = lesion_subtraction.subtraction_candidates(
             changes, flairs[0].data, flairs[1].data, labels[0].data, followup_labels, both_brain, params.lesions,

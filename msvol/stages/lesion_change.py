@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from msvol.config import LesionParams
 from msvol.datatypes import LesionChange, LesionMap
-from msvol.stages.lesion_rules import change_needed_mm3, grown_labels, has_distant_growth, structure
+from msvol.stages.lesion_rules import change_needed_mm3, has_distant_growth, reach_labels, structure
 
 METHODS = ("A two-visit change model (a 3D U-Net on both visits' FLAIR and T1 in halfway space) confirmed new "
            "lesions and measured the new tissue of enlarging ones; given the visits in reverse order, it confirmed "
@@ -87,16 +87,18 @@ def fuse_change(changes: tuple[LesionChange, ...], change_probability: np.ndarra
 
 def change_only_findings(changes: tuple[LesionChange, ...], change_probability: np.ndarray,
                          baseline_halfway: np.ndarray, followup_halfway: np.ndarray, both_brain: np.ndarray,
-                         params: LesionParams, *, halfway_affine: np.ndarray, halfway_to_followup: np.ndarray
-                         ) -> tuple[tuple[LesionChange, ...], np.ndarray]:
+                         params: LesionParams, *, halfway_affine: np.ndarray, halfway_to_followup: np.ndarray,
+                         followup_probability: np.ndarray | None = None) -> tuple[tuple[LesionChange, ...], np.ndarray]:
     """New tissue that only the change model sees (faint lesions and growth the per-visit model misses; issue 12).
 
     A component (`connectivity`) of change probability >= `min_new_change_probability` (the reporting point)
     inside `both_brain` (the brain at both visits) by `change_only_margin_voxels`, outside every lesion of
     both visits and not touching a follow-up lesion (there it is that lesion's edge or growth, fuse_change's
     business), of at least `min_candidate_volume_mm3`, is either
-    - growth of a baseline lesion it touches (within `match_tolerance_voxels`): it joins that lesion's group, as
-      a per-visit lesion touching it would (`_grow`; a new lesion that joined an old one is confluent growth), or
+    - growth of a baseline lesion it touches (within `match_tolerance_voxels`, or through follow-up tissue of
+      per-visit probability >= `growth_bridge_probability`: lesion_rules.reach_labels, with `followup_probability`
+      on the halfway grid): it joins that lesion's group, as a per-visit lesion touching it would (`_grow`; a new
+      lesion that joined an old one is confluent growth), or
     - a new lesion: 'new' from `min_new_lesion_volume_mm3` when its mean change probability reaches
       `min_change_only_new_probability` (one model's word alone needs more), 'possible_new' otherwise; it has no
       follow-up label (the per-visit mask, and so the visit's lesion count, does not hold it); ids above every
@@ -123,7 +125,8 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
             continue
         inside = components[box] == index
         if near_baseline is None:
-            near_baseline = grown_labels(baseline_halfway, max(params.match_tolerance_voxels, 1))
+            near_baseline = reach_labels(baseline_halfway, max(params.match_tolerance_voxels, 1), followup_probability,
+                                         params.growth_bridge_probability, extra=seen)
         owners = [group_of[label] for label in np.unique(near_baseline[box][inside]) if label in group_of]
         if owners:  # it joins the old lesion's group, as a per-visit lesion touching it would
             growth.setdefault(max(owners, key=lambda group: changes[group].baseline_volume_mm3), []).append(index)

@@ -48,6 +48,35 @@ def grown_labels(labels: np.ndarray, tolerance_voxels: int) -> np.ndarray:
     return np.where(labels > 0, labels, grown)
 
 
+def reach_labels(baseline_halfway: np.ndarray, tolerance_voxels: int, followup_probability: np.ndarray | None = None,
+                 bridge_probability: float = 0.0, extra: np.ndarray | None = None) -> np.ndarray:
+    """What a follow-up lesion must touch to belong to a baseline lesion: each baseline lesion grown by
+    `tolerance_voxels` (grown_labels) and, given the follow-up's per-visit probability, along the tissue that holds
+    at least `bridge_probability` there and connects to it (hysteresis: a lesion joined to an old one by
+    sub-threshold lesion signal is the old one grown, not a new one). `extra`: more voxels that may carry the
+    connection (new tissue only the change model sees). A bridged voxel takes the label of the nearest baseline
+    voxel of its connected part."""
+    grown = grown_labels(baseline_halfway, tolerance_voxels)
+    if followup_probability is None or not bridge_probability:
+        return grown
+    region = (followup_probability >= bridge_probability) | (baseline_halfway > 0)
+    if extra is not None:
+        region |= extra
+    parts, _ = ndimage.label(region, structure=structure(26))
+    reach = grown.copy()
+    boxes = ndimage.find_objects(parts)
+    for part in np.unique(parts[baseline_halfway > 0]):  # the parts that hold an old lesion
+        box = boxes[part - 1]
+        inside = parts[box] == part
+        open_voxels = inside & (reach[box] == 0)
+        if not open_voxels.any():
+            continue
+        old = np.where(inside, baseline_halfway[box], 0)
+        _, nearest = ndimage.distance_transform_edt(old == 0, return_indices=True)
+        reach[box][open_voxels] = old[tuple(nearest)][open_voxels]
+    return reach
+
+
 def has_distant_growth(baseline_mask, followup_mask, voxel_mm3, params: LesionParams) -> bool:
     """Whether the follow-up holds a piece of new-lesion size (min_new_lesion_volume_mm3) farther than
     CONFLUENT_DISTANCE_MM from the baseline lesion: a new lesion that joined it."""

@@ -2,8 +2,10 @@
 
 Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
 - group: baseline and follow-up lesions linked by overlap (baseline dilated by
-  `match_tolerance_voxels`); groups are the connected parts of that overlap graph, so merges
-  (several baseline -> one follow-up) and splits (one -> several) are one unit, never counted twice.
+  `match_tolerance_voxels`, and along follow-up tissue of per-visit probability >= growth_bridge_probability
+  connected to it: a lesion that grew beyond the threshold's reach is still one lesion); groups are the connected
+  parts of that overlap graph, so merges (several baseline -> one follow-up) and splits (one -> several) are one
+  unit, never counted twice.
 - new: a follow-up lesion in no group with a baseline lesion, volume >= min_new_lesion_volume_mm3.
   Smaller ones (>= min_candidate_volume_mm3) are 'possible_new': listed for the reader, never counted.
   New tissue that only the change model sees, away from every per-visit lesion, is new or possible new
@@ -35,7 +37,7 @@ from scipy import ndimage
 
 from msvol.config import LesionParams, SegmentParams
 from msvol.datatypes import Lesion, LesionChange, LesionMap, Volume
-from msvol.stages.lesion_rules import classify_change, grown_labels, has_distant_growth, structure
+from msvol.stages.lesion_rules import classify_change, grown_labels, has_distant_growth, reach_labels, structure
 
 METHODS = ("Lesions are connected components (26-connectivity) of the thresholded probability map; lesions were "
            "matched across visits by overlap in halfway space, merges and splits handled as groups, and "
@@ -111,8 +113,10 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
         grid (linear); with them, both visits are read together (the module docstring's hysteresis).
     """
     grown = grown_labels(baseline_halfway, params.match_tolerance_voxels)
-    both = (grown > 0) & (followup_halfway > 0)
-    pairs = np.unique(np.stack([grown[both], followup_halfway[both]], axis=1), axis=0)
+    reach = reach_labels(baseline_halfway, params.match_tolerance_voxels, followup_probability,
+                         params.growth_bridge_probability)
+    both = (reach > 0) & (followup_halfway > 0)
+    pairs = np.unique(np.stack([reach[both], followup_halfway[both]], axis=1), axis=0)
     base_by_label = {lesion.label: lesion for lesion in baseline.lesions}
     follow_by_label = {lesion.label: lesion for lesion in followup.lesions}
     next_resolved_id = max(follow_by_label, default=0) + 1

@@ -225,10 +225,11 @@ def test_the_loss_region_boxes_only_shrinking_and_resolved_lesions_with_context(
 
 
 def only(baseline, followup, changes, change_probability, affine, to_followup=None, brain=None,
-         params: LesionParams = PARAMS):
+         params: LesionParams = PARAMS, followup_probability=None):
     return change_only_findings(changes, change_probability, baseline.labels.data, followup.labels.data,
                                 np.ones(SHAPE, bool) if brain is None else brain, params, halfway_affine=affine,
-                                halfway_to_followup=np.eye(4) if to_followup is None else to_followup)
+                                halfway_to_followup=np.eye(4) if to_followup is None else to_followup,
+                                followup_probability=followup_probability)
 
 
 def test_a_region_only_the_change_model_sees_is_a_new_lesion_with_its_own_id(ball, affine):
@@ -358,3 +359,24 @@ def test_a_new_lesion_joining_an_old_one_is_its_confluent_growth(ball, affine):
     (grown,) = found
     assert grown.status == "enlarging" and grown.confluent and grown.change_only_mm3 == beside.sum()
     assert (labels[beside] == grown.id).all()
+
+
+@pytest.mark.parametrize("bridge, status", [(0.0, "new"), (0.2, "enlarging")])
+def test_new_tissue_joined_to_an_old_lesion_by_sub_threshold_signal_is_its_growth(ball, affine, bridge, status):
+    """Issue 12 items 3-4 (held-out shifted pairs): the per-visit model missed most of an old lesion at both visits, so
+    the growth the change model sees lies 4 voxels from anything segmented at baseline. Follow-up per-visit
+    probability >= growth_bridge_probability between them joins it to that lesion; without it, it is a new lesion."""
+    baseline, followup, changes = match(spheres(ball, A), spheres(ball, A), affine)
+    (x, y, z), radius = A
+    growth = ball(SHAPE, (x + radius + 7, y, z), 2)  # 33 voxels, x 21-25; A's edge at x 16
+    path = np.zeros(SHAPE, bool)
+    path[x + radius + 1:x + radius + 5, y, z] = True  # x 17-20
+    follow_probability = np.where(path, bridge, 0.0).astype(np.float32)
+    follow_probability[ball(SHAPE, *A)] = 0.9
+    found, labels = only(baseline, followup, changes, np.where(growth, 0.9, 0.0).astype(np.float32), affine,
+                         followup_probability=follow_probability)
+    assert statuses(found) == sorted([status] + ["stable"] * (status == "new"))
+    grown = next(change for change in found if change.status == status)
+    assert (labels[growth] == grown.id).all()
+    if status == "enlarging":
+        assert grown.confluent and grown.change_only_mm3 == growth.sum()

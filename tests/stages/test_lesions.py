@@ -448,7 +448,8 @@ def test_property_far_blob_adds_exactly_one_new(ball, make_affine, draws):
 
 
 def match_with_probabilities(base_probability: np.ndarray, follow_probability: np.ndarray, affine):
-    """Label each visit at the reporting threshold and match with both probability maps (one 1 mm grid)."""
+    """Label each visit at the reporting threshold and match with both probability maps (one 1 mm grid). Their
+    background must lie below growth_bridge_probability, as a per-visit map's does far from lesions."""
     baseline = label_lesions(Volume(base_probability, affine, "probability"), "ses-01", SEGMENT, PARAMS)
     followup = label_lesions(Volume(follow_probability, affine, "probability"), "ses-02", SEGMENT, PARAMS)
     return match_lesions(baseline, followup, baseline.labels.data, followup.labels.data, PARAMS,
@@ -460,16 +461,16 @@ def test_a_lesion_faint_at_baseline_is_stable_not_new(ball, affine, faint, statu
     """Found only at follow-up, but baseline's probability over it (below the 0.7 threshold) says it was there."""
     assert PARAMS.min_presence_probability == 0.3 and SEGMENT.probability_threshold == 0.7
     lesion = ball(SHAPE, *FAR)
-    base = np.where(spheres(ball, A), 0.9, np.where(lesion, faint, 0.05)).astype(np.float32)
-    follow = np.where(spheres(ball, A) | lesion, 0.9, 0.05).astype(np.float32)
+    base = np.where(spheres(ball, A), 0.9, np.where(lesion, faint, 0.01)).astype(np.float32)
+    follow = np.where(spheres(ball, A) | lesion, 0.9, 0.01).astype(np.float32)
     assert statuses(match_with_probabilities(base, follow, affine)) == sorted([status, "stable"])
 
 
 @pytest.mark.parametrize("faint, status", [(0.29, "resolved"), (0.3, "stable")])
 def test_a_lesion_faint_at_follow_up_is_stable_not_resolved(ball, affine, faint, status):
     lesion = ball(SHAPE, *FAR)
-    base = np.where(spheres(ball, A) | lesion, 0.9, 0.05).astype(np.float32)
-    follow = np.where(spheres(ball, A), 0.9, np.where(lesion, faint, 0.05)).astype(np.float32)
+    base = np.where(spheres(ball, A) | lesion, 0.9, 0.01).astype(np.float32)
+    follow = np.where(spheres(ball, A), 0.9, np.where(lesion, faint, 0.01)).astype(np.float32)
     assert statuses(match_with_probabilities(base, follow, affine)) == sorted([status, "stable"])
 
 
@@ -497,3 +498,22 @@ def test_a_speck_seen_at_one_visit_only_is_not_counted_and_one_seen_at_both_is(b
         confirmed = lesions_module.confirmed_labels(changes)
         assert (lesions_module.countable_lesions(baseline, confirmed[0], PARAMS),
                 lesions_module.countable_lesions(followup, confirmed[1], PARAMS)) == counted
+
+
+@pytest.mark.parametrize("bridge, status", [(0.04, "new"), (0.05, "enlarging"), (0.3, "enlarging")])  # inclusive
+def test_a_lesion_joined_to_an_old_one_by_sub_threshold_signal_is_its_growth(ball, affine, bridge, status):
+    """Issue 12 item 4: where the per-visit model keeps only part of an old lesion, its growth lies beyond the match
+    tolerance; follow-up tissue of probability >= growth_bridge_probability (0.05) joining them makes it one lesion
+    (confluent growth), not a new one. A weaker bridge leaves a new lesion."""
+    assert PARAMS.growth_bridge_probability == 0.05
+    (x, y, z), radius = A
+    piece = ball(SHAPE, (x + radius + 6, y, z), 2)  # 33 voxels, x 20-24; A's edge at x 16
+    path = np.zeros(SHAPE, bool)
+    path[x + radius + 1:x + radius + 4, y, z] = True  # x 17-19: joins A and the piece
+    base = np.where(spheres(ball, A), 0.9, 0.01).astype(np.float32)
+    follow = np.where(spheres(ball, A) | piece, 0.9, np.where(path, bridge, 0.01)).astype(np.float32)
+    changes = match_with_probabilities(base, follow, affine)
+    assert statuses(changes) == (["enlarging"] if status == "enlarging" else ["new", "stable"])
+    if status == "enlarging":
+        (grown,) = changes
+        assert grown.confluent and len(grown.followup_labels) == 2
