@@ -22,14 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from calibrate_subtraction import truth_on_grid  # bench/calibrate_subtraction.py
 from msvol import pipeline
 from msvol.config import Params
-from msvol.datatypes import Rigid, Volume
 from msvol.ingest import bids
-from msvol.stages import lesion_change, register
+from msvol.stages import lesion_change
 from msvol.stages.lesion_rules import reach_labels
 
 GRID = (0.3, 0.2, 0.1, 0.05)
@@ -65,12 +64,6 @@ def prepare(out: Path, data: Path) -> None:
         lesion_change.change_only_findings = finder
 
 
-def _truth_on_grid(path: Path, affine: np.ndarray, to_followup: np.ndarray, shape) -> np.ndarray:
-    image = nib.load(path)
-    labels = Volume(np.asarray(image.dataobj).astype(np.int32), image.affine, "labels")
-    return register.resample(labels, Rigid(to_followup), shape, affine).data
-
-
 def score(out: Path, data: Path, totals: dict) -> None:
     """Add one set's pairs and joined findings per level to `totals`."""
     params = Params().lesions
@@ -79,7 +72,7 @@ def score(out: Path, data: Path, totals: dict) -> None:
         saved = dict(np.load(path))
         truth_dir = data / "derivatives" / "truth" / subject
         interval = json.loads((truth_dir / f"{subject}_truth.json").read_text())["intervals"][int(index)]
-        truth = _truth_on_grid(truth_dir / f"{subject}_ses-{interval['to_session']}_lesions.nii.gz", saved["affine"],
+        truth = truth_on_grid(truth_dir / f"{subject}_ses-{interval['to_session']}_lesions.nii.gz", saved["affine"],
                                saved["to_f"], saved["b"].shape)
         truly_new = [int(key) for key, fate in interval["fates"].items() if fate in ("new", "new_below_minimum")]
         report = json.loads((out / "fused" / subject / "report.json").read_text())

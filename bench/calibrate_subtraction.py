@@ -69,7 +69,7 @@ def prepare(out: Path, data: Path) -> None:
         lesion_subtraction.subtraction_candidates = detector
 
 
-def _truth_on_grid(path: Path, affine: np.ndarray, to_followup: np.ndarray, shape) -> np.ndarray:
+def truth_on_grid(path: Path, affine: np.ndarray, to_followup: np.ndarray, shape) -> np.ndarray:
     """The truth labels (follow-up grid) pulled onto the halfway grid, as the pipeline resamples labels."""
     image = nib.load(path)
     labels = Volume(np.asarray(image.dataobj).astype(np.int32), image.affine, "labels")
@@ -95,7 +95,7 @@ def score(out: Path, data: Path) -> dict:
         truth_dir = data / "derivatives" / "truth" / subject
         interval = json.loads((truth_dir / f"{subject}_truth.json").read_text())["intervals"][int(index)]
         fates = interval["fates"]
-        truth = _truth_on_grid(truth_dir / f"{subject}_ses-{interval['to_session']}_lesions.nii.gz", saved["affine"],
+        truth = truth_on_grid(truth_dir / f"{subject}_ses-{interval['to_session']}_lesions.nii.gz", saved["affine"],
                                saved["to_f"], saved["b"].shape)
         counted = {int(key) for key, fate in fates.items() if fate == "new"}
         any_new = {int(key) for key, fate in fates.items() if fate in ("new", "new_below_minimum")}
