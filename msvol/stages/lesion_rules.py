@@ -52,7 +52,7 @@ def reach_labels(baseline_halfway: np.ndarray, tolerance_voxels: int, followup_p
                  bridge_probability: float = 0.0, extra: np.ndarray | None = None) -> np.ndarray:
     """What a follow-up lesion must touch to belong to a baseline lesion: each baseline lesion grown by
     `tolerance_voxels` (grown_labels) and, given the follow-up's per-visit probability, along the tissue that holds
-    at least `bridge_probability` there and connects to it (hysteresis: a lesion joined to an old one by
+    at least `bridge_probability` there and connects (26-connected) to it (hysteresis: a lesion joined to an old one by
     sub-threshold lesion signal is the old one grown, not a new one). `extra`: more voxels that may carry the
     connection (new tissue only the change model sees). A bridged voxel takes the label of the nearest baseline
     voxel of its connected part."""

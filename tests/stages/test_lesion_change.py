@@ -363,8 +363,8 @@ def test_a_new_lesion_joining_an_old_one_is_its_confluent_growth(ball, affine):
 
 @pytest.mark.parametrize("bridge, status", [(0.0, "new"), (0.2, "enlarging")])
 def test_new_tissue_joined_to_an_old_lesion_by_sub_threshold_signal_is_its_growth(ball, affine, bridge, status):
-    """Issue 12 items 3-4 (held-out shifted pairs): the per-visit model missed most of an old lesion at both visits, so
-    the growth the change model sees lies 4 voxels from anything segmented at baseline. Follow-up per-visit
+    """Issue 12 items 3-4: on held-out shifted pairs the per-visit model keeps only part of many old lesions, so their
+    growth lies several voxels from anything segmented at baseline (here 4 voxels beyond A's edge). Follow-up per-visit
     probability >= growth_bridge_probability between them joins it to that lesion; without it, it is a new lesion."""
     baseline, followup, changes = match(spheres(ball, A), spheres(ball, A), affine)
     (x, y, z), radius = A
