@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrate_subtraction import truth_on_grid  # bench/calibrate_subtraction.py
-from msvol import pipeline
+from calibrate_subtraction import run_subjects, truth_on_grid  # bench/calibrate_subtraction.py
 from msvol.config import Params
-from msvol.ingest import bids
 from msvol.stages import lesion_change
 from msvol.stages.lesion_rules import reach_labels
 
@@ -52,14 +50,9 @@ def prepare(out: Path, data: Path) -> None:
 
     lesion_change.change_only_findings = saving  # the pipeline calls it through the module
     params = Params()
-    params = dataclasses.replace(params, lesions=dataclasses.replace(params.lesions, growth_bridge_probability=0.0))
-    resources = pipeline.Resources.load()
     try:
-        for subject_dir in sorted(data.glob("sub-*")):
-            where.update(subject=subject_dir.name, interval=0)
-            print(f"msvol on {subject_dir.name}", file=sys.stderr, flush=True)
-            pipeline.run_patient(bids.load_patient(subject_dir, params.ingest), out / "fused", params, resources,
-                                 force=True)
+        run_subjects(data, out, dataclasses.replace(
+            params, lesions=dataclasses.replace(params.lesions, growth_bridge_probability=0.0)), where)
     finally:
         lesion_change.change_only_findings = finder
 

@@ -58,15 +58,19 @@ def prepare(out: Path, data: Path) -> None:
                         halfway_affine=halfway_affine, halfway_to_followup=halfway_to_followup)
 
     lesion_subtraction.subtraction_candidates = saving  # the pipeline calls it through the module
-    params, resources = Params(), pipeline.Resources.load()
     try:
-        for subject_dir in sorted(data.glob("sub-*")):
-            where.update(subject=subject_dir.name, interval=0)
-            print(f"msvol on {subject_dir.name}", file=sys.stderr, flush=True)
-            pipeline.run_patient(bids.load_patient(subject_dir, params.ingest), out / "fused", params, resources,
-                                 force=True)
+        run_subjects(data, out, Params(), where)
     finally:
         lesion_subtraction.subtraction_candidates = detector
+
+
+def run_subjects(data: Path, out: Path, params: Params, where: dict) -> None:
+    """msvol on every subject of `data` into OUT/fused; `where` tells a saving hook the subject (interval 0 first)."""
+    resources = pipeline.Resources.load()
+    for subject_dir in sorted(data.glob("sub-*")):
+        where.update(subject=subject_dir.name, interval=0)
+        print(f"msvol on {subject_dir.name}", file=sys.stderr, flush=True)
+        pipeline.run_patient(bids.load_patient(subject_dir, params.ingest), out / "fused", params, resources, force=True)
 
 
 def truth_on_grid(path: Path, affine: np.ndarray, to_followup: np.ndarray, shape) -> np.ndarray:
