@@ -43,6 +43,7 @@ def prepare(out: Path, data: Path) -> None:
         result = finder(changes, change_probability, baseline_halfway, followup_halfway, both_brain, params, **keywords)
         np.savez_compressed(out / "inputs" / f"{where['subject']}_{where['interval']}.npz",
                             change=change_probability.astype(np.float16), b=baseline_halfway.astype(np.int16),
+                            f=followup_halfway.astype(np.int16), both=both_brain,
                             pf=keywords["followup_probability"].astype(np.float16), labels=result[1].astype(np.int16),
                             affine=keywords["halfway_affine"], to_f=keywords["halfway_to_followup"])
         where["interval"] += 1
@@ -75,7 +76,8 @@ def score(out: Path, data: Path, totals: dict) -> None:
                     if lesion["status"] in NEW_STATUSES and not lesion.get("subtraction_only")]
         baseline, labels = saved["b"].astype(np.int32), saved["labels"].astype(np.int32)
         follow_probability = saved["pf"].astype(np.float32)
-        seen = (saved["change"] >= params.min_new_change_probability) & (labels == 0) & (baseline == 0)
+        seen = lesion_change.change_only_tissue(saved["change"].astype(np.float32), baseline, saved["f"], saved["both"],
+                                                params)  # the tissue that may carry a bridge, as in the pipeline
         for level in GRID:
             reach = reach_labels(baseline, max(params.match_tolerance_voxels, 1), follow_probability, level, extra=seen)
             total = totals.setdefault(level, {"pairs": 0, "lost": [], "fixed": [], "fixed_counted": 0})

@@ -187,7 +187,7 @@ class LesionParams:
         "this is its growth, not new (lesion_rules.reach_labels). Calibration sets (check-set design seed 4300 and "
         "shifted seeds 700-705, 25 pairs; `python bench/calibrate_bridge.py score --choose`, 2026-12-07), rule fixed "
         "before: the lowest of 0.3/0.2/0.1/0.05 joining no finding on a truth new lesion: none joined at any level; "
-        "0.05 joins 4 others (2 counted new)")
+        "0.05 joins 7 others (4 counted new)")
     # The subtraction image: possible new lesions no model proposes (msvol.stages.lesion_subtraction).
     use_subtraction_candidates: bool = _p(True, "switch", "msvol choice (issue 12): the models miss small faint new "
                                           "lesions (docs/MODEL.md); list them for the reader, never counted")

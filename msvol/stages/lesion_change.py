@@ -106,8 +106,7 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
     Returns the changes and the follow-up halfway labels with these voxels under their finding's id, for the
     thumbnails, viewers and label maps.
     """
-    seen = (change_probability >= params.min_new_change_probability) & (followup_halfway == 0) & (baseline_halfway == 0)
-    seen &= ndimage.binary_erosion(both_brain, iterations=params.change_only_margin_voxels)
+    seen = change_only_tissue(change_probability, baseline_halfway, followup_halfway, both_brain, params)
     components, count = ndimage.label(seen, structure=structure(params.connectivity))
     if not count:
         return changes, followup_halfway
@@ -145,6 +144,14 @@ def change_only_findings(changes: tuple[LesionChange, ...], change_probability: 
         changes[owner] = _grow(changes[owner], np.isin(components, indices), change_probability, baseline_halfway,
                                labels, params, voxel_mm3=voxel_mm3)
     return tuple(changes) + tuple(added), labels
+
+
+def change_only_tissue(change_probability: np.ndarray, baseline_halfway: np.ndarray, followup_halfway: np.ndarray,
+                       both_brain: np.ndarray, params: LesionParams) -> np.ndarray:
+    """Where change_only_findings looks: change probability >= the reporting point, outside every lesion of both
+    visits, `change_only_margin_voxels` inside the brain at both visits."""
+    seen = (change_probability >= params.min_new_change_probability) & (followup_halfway == 0) & (baseline_halfway == 0)
+    return seen & ndimage.binary_erosion(both_brain, iterations=params.change_only_margin_voxels)
 
 
 def _grow(change: LesionChange, growth: np.ndarray, change_probability: np.ndarray, baseline_halfway: np.ndarray,
