@@ -99,7 +99,7 @@ def _findings_of(report: dict, run: AnalysisRun, at: dt.datetime):
                               automated_status=lesion["status"], baseline_volume_mm3=lesion["baseline_volume_mm3"],
                               followup_volume_mm3=lesion["followup_volume_mm3"], centroid_mm=lesion["centroid_mm"],
                               confidence=lesion.get("confidence"),
-                              details={name: lesion.get(name) for name in ("merged", "split", "confluent")}
+                              details={name: lesion.get(name) for name in ("merged", "split", "confluent", "subtraction_only")}
                               | {"thumbnail": thumbnails.get(str(lesion["id"]))})
         yield Finding(**common, key=f"{prefix}:PBVC", kind="pbvc", lesion_id=None, automated_status=None,
                       baseline_volume_mm3=None, followup_volume_mm3=None, centroid_mm=None, confidence=None,

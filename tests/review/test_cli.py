@@ -28,6 +28,21 @@ def test_findings_lists_ids_class_confidence_and_decision(review_out):
     assert (review_out / "msvol.db").is_file(), "the store is created on first use"
 
 
+def test_a_subtraction_only_candidate_says_where_it_comes_from(review_out):
+    """It has no model confidence; the listing says it is the subtraction image's, not blank like a reader's own."""
+    path = review_out / "sub-01" / "report.json"
+    report = json.loads(path.read_text())
+    lesions = report["intervals"][0]["lesions"]
+    lesions.append(dict(lesions[0], id=90, status="possible_new", baseline_volume_mm3=0.0, followup_volume_mm3=12.0,
+                        baseline_labels=[], followup_labels=[], confidence=None, subtraction_only=True))
+    path.write_text(json.dumps(report))
+    listing = json.loads(invoke("findings", review_out, "--json").stdout)
+    candidate = next(finding for finding in listing[0]["findings"] if finding["id"] == "01-02:L90")
+    assert candidate["details"]["subtraction_only"] is True and candidate["confidence"] is None
+    line = next(line for line in invoke("findings", review_out).stdout.splitlines() if "01-02:L90" in line)
+    assert "possible_new" in line and "subtraction only" in line
+
+
 def test_decide_add_signoff_and_audit(review_out, tmp_path):
     common = ("--subject", "sub-01", "--reviewer", "Dr A. Reader")
     for finding, action in (("01-02:L1", ("--confirm",)), ("01-02:L2", ("--reject", "not-a-lesion")),

@@ -401,6 +401,10 @@ def test_a_subject_without_viewer_images_is_decided_from_the_list(server, browse
     path = review_out / "sub-03" / "report.json"
     report = json.loads(path.read_text())
     del report["intervals"][0]["files"]["viewer"]
+    subtraction = dict(report["intervals"][0]["lesions"][0], id=90, status="possible_new", baseline_volume_mm3=0.0,
+                       followup_volume_mm3=12.0, baseline_labels=[], followup_labels=[], confidence=None,
+                       subtraction_only=True)
+    report["intervals"][0]["lesions"].append(subtraction)  # a candidate only the FLAIR subtraction image shows
     path.write_text(json.dumps(report, indent=2))
     findings.register_all(store)
 
@@ -410,6 +414,9 @@ def test_a_subject_without_viewer_images_is_decided_from_the_list(server, browse
     page.wait_for_function("() => document.getElementById('viewer-status').textContent.includes('no viewer images')",
                            timeout=LOAD_TIMEOUT_MS)
     assert page.is_hidden(".viewer-pair")
+    candidate = page.locator("li[data-finding$=':L90']")  # no model confidence: said where it comes from, not 'reader'
+    assert "subtraction image only" in candidate.inner_text() and "reader" not in candidate.inner_text()
+    assert page.locator("#finding-list li").first.get_attribute("data-finding").endswith(":L90")  # least certain first
     page.fill("#reviewer", "Dr C")
     page.locator("#reviewer").dispatch_event("change")
     page.evaluate("() => document.activeElement.blur()")  # keys typed in the name box are the name's

@@ -5,13 +5,24 @@ import { element } from "./client.js";
 
 export const MUST_DECIDE = ["new", "enlarging"]; // sign-off needs a decision on each (review/findings.py)
 
-/** The lesion findings of one interval (proposed and added), least confident first; added ones (no
- * confidence, the reader's own) last. */
+const SUBTRACTION_ONLY = "new FLAIR hyperintensity on the subtraction image only: no model proposed it";
+
+function subtractionOnly(finding) {
+  return Boolean(finding.details && finding.details.subtraction_only);
+}
+
+/** A finding's certainty for the list order: its confidence; a subtraction-only candidate (no model saw it) 0;
+ * the reader's own (added, no confidence) last. */
+function certainty(finding) {
+  if (finding.confidence !== null && finding.confidence !== undefined) return finding.confidence;
+  return subtractionOnly(finding) ? 0 : Infinity;
+}
+
+/** The lesion findings of one interval (proposed and added), least certain first. */
 export function sortedLesions(entry, interval) {
   return entry.findings
     .filter((finding) => finding.kind !== "pbvc" && finding.interval === interval)
-    .sort((a, b) => (a.confidence ?? Infinity) - (b.confidence ?? Infinity)
-      || a.id.localeCompare(b.id, "en", { numeric: true }));
+    .sort((a, b) => certainty(a) - certainty(b) || a.id.localeCompare(b.id, "en", { numeric: true }));
 }
 
 /** Proposed new or enlarging findings (any interval) without a decision: what blocks the sign-off. */
@@ -41,7 +52,9 @@ export function findingItem(finding, selected) {
   },
   element("span", { className: `chip ${finding.kind === "added" ? "added" : shown.split(" ")[0]}` }),
   element("span", { className: "what" }, `${finding.id.split(":")[1]} ${shown.replace("_", " ")}${was.replace("_", " ")}`),
-  element("span", { className: "muted" }, finding.confidence === null ? "reader" : `conf. ${finding.confidence.toFixed(2)}`),
+  finding.confidence !== null ? element("span", { className: "muted" }, `conf. ${finding.confidence.toFixed(2)}`)
+    : subtractionOnly(finding) ? element("span", { className: "muted", title: SUBTRACTION_ONLY }, "subtraction image only")
+      : element("span", { className: "muted" }, "reader"),
   element("span", { className: "decision" }, `${volume} · ${describeDecision(finding)}`));
 }
 
