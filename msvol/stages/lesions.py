@@ -13,8 +13,6 @@ Vocabulary (one interval, baseline -> follow-up, compared in halfway space):
   that lesion's growth.
 - both visits together (hysteresis): a lesion found at one visit only, whose region the other visit's
   per-visit probability still covers (mean >= min_presence_probability), is stable, not new or resolved;
-  a follow-up lesion the baseline shows only faintly (a voxel of it, or 1 voxel beyond, at per-visit probability
-  >= growth_bridge_probability) is an old lesion: enlarging from its summed baseline probability, or stable;
   an enlargement or shrinkage must show in the probability-weighted volumes too, not only in the
   thresholded ones (a lesion at the threshold's edge changes its thresholded volume from scan to scan).
 - enlarging / shrinking: a group whose total volume changed by at least the size-dependent
@@ -125,7 +123,6 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
     # per label: the other visit's summed probability and voxel count over it (for the presence test)
     seen_before = _sums_over_labels(baseline_probability, followup_halfway, max(follow_by_label, default=0))
     seen_after = _sums_over_labels(followup_probability, baseline_halfway, max(base_by_label, default=0))
-    follow_boxes = ndimage.find_objects(followup_halfway)
     changes = []
     for base_labels, follow_labels in _groups(pairs, list(base_by_label), list(follow_by_label)):
         base_mm3 = sum(base_by_label[b].volume_mm3 for b in base_labels)
@@ -133,13 +130,8 @@ def match_lesions(baseline: LesionMap, followup: LesionMap, baseline_halfway: np
         if not base_labels:
             if follow_mm3 < params.min_candidate_volume_mm3:
                 continue
-            faint_mm3 = _faint_before(baseline_probability, followup_halfway, follow_labels, follow_boxes, params,
-                                      voxel_mm3)
             if _present(seen_before, follow_labels, params):
                 status = "stable"  # there at baseline too, below the reporting threshold
-            elif faint_mm3 is not None:  # there at baseline in part, faintly: an old lesion that grew, or did not
-                base_mm3 = faint_mm3
-                status = "enlarging" if classify_change(base_mm3, follow_mm3, params) == "enlarging" else "stable"
             else:
                 status = "new" if follow_mm3 >= params.min_new_lesion_volume_mm3 else "possible_new"
         elif not follow_labels:
@@ -190,27 +182,6 @@ def _present(sums, labels: list[int], params: LesionParams) -> bool:
     summed, voxels = sums
     count = int(voxels[labels].sum())
     return bool(count) and float(summed[labels].sum()) / count >= params.min_presence_probability
-
-
-def _faint_before(baseline_probability, followup_halfway, follow_labels, boxes, params: LesionParams,
-                  voxel_mm3: float) -> float | None:
-    """A follow-up lesion's baseline volume when the baseline shows it faintly: the summed baseline per-visit
-    probability (mm3) over the lesion grown by `match_tolerance_voxels`, where any voxel of it reaches
-    growth_bridge_probability (sub-threshold lesion signal, as in lesion_rules.reach_labels); None where none does
-    (a new lesion's baseline reads ~1e-6 there) or without a baseline probability map."""
-    if baseline_probability is None:
-        return None
-    found = [boxes[label - 1] for label in follow_labels if label <= len(boxes) and boxes[label - 1] is not None]
-    if not found:
-        return None
-    reach = params.match_tolerance_voxels
-    box = tuple(slice(max(min(part[axis].start for part in found) - reach, 0),
-                      max(part[axis].stop for part in found) + reach) for axis in range(3))
-    grown = grown_labels(np.where(np.isin(followup_halfway[box], follow_labels), 1, 0), reach) > 0
-    probability = baseline_probability[box][grown]
-    if not (probability >= params.growth_bridge_probability).any():
-        return None
-    return float(probability.sum() * voxel_mm3)
 
 
 def _soft_volumes_mm3(baseline_probability, followup_probability, region, voxel_mm3) -> tuple[float, float]:

@@ -94,25 +94,6 @@ def test_fuse_makes_an_enlargement_the_change_model_does_not_see_stable(ball, af
     assert confirmed[a_id].status == "enlarging" and confirmed[a_id].confidence == pytest.approx(0.8)
 
 
-@pytest.mark.parametrize("seen, status", [(0.8, "enlarging"), (0.1, "stable")])
-def test_fuse_judges_an_old_lesion_the_baseline_showed_faintly_by_its_new_tissue(ball, affine, seen, status):
-    """A follow-up lesion the baseline showed only faintly (lesions.match_lesions: enlarging, no baseline label) is
-    enlarging only when the change model sees its growth: all of its voxels are outside every baseline lesion."""
-    lesion = ball(SHAPE, *FAR)  # 123 voxels
-    base_probability = np.where(spheres(ball, A), 0.9, np.where(lesion & ball(SHAPE, FAR[0], 1), 0.2, 1e-6))
-    follow_probability = np.where(spheres(ball, A) | lesion, 0.9, 1e-6)
-    baseline, followup = (label_lesions(Volume(values.astype(np.float32), affine, "probability"), session, SEGMENT,
-                                        PARAMS) for values, session in ((base_probability, "ses-01"),
-                                                                        (follow_probability, "ses-02")))
-    changes = match_lesions(baseline, followup, baseline.labels.data, followup.labels.data, PARAMS,
-                            baseline_probability=base_probability, followup_probability=follow_probability)
-    assert statuses(changes) == ["enlarging", "stable"]
-    grown_id = label_at(followup, FAR[0])
-    fused = by_id(fuse(baseline, followup, changes, np.where(lesion, seen, 0.0).astype(np.float32)))
-    assert fused[grown_id].status == status and fused[grown_id].baseline_labels == ()
-    assert fused[grown_id].baseline_volume_mm3 == pytest.approx(0.2 * 7, abs=1e-3)  # 7 voxels at 0.2
-
-
 def test_fuse_keeps_confluent_growth_enlarging_when_the_change_model_sees_it(ball, affine):
     """A new lesion that joined an old one is enlarging (even below the large lesion's relative threshold) when
     the change model sees its new tissue; never with a confidence near zero."""

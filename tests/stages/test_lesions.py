@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
 
 from msvol.datatypes import LesionMap, Volume
 from msvol.stages import lesions as lesions_module
@@ -457,13 +456,10 @@ def match_with_probabilities(base_probability: np.ndarray, follow_probability: n
                          baseline_probability=base_probability, followup_probability=follow_probability)
 
 
-@pytest.mark.parametrize("faint, status", [(0.04, "new"), (0.29, "enlarging"), (0.3, "stable"), (0.6, "stable")])
+@pytest.mark.parametrize("faint, status", [(0.29, "new"), (0.3, "stable"), (0.6, "stable")])  # inclusive
 def test_a_lesion_faint_at_baseline_is_stable_not_new(ball, affine, faint, status):
-    """Found only at follow-up, but baseline's probability over it (below the 0.7 threshold) says it was there: from
-    a mean of 0.3 the same lesion (inclusive); below, a lesion of 0.29 x its volume at baseline, grown; below
-    growth_bridge_probability (0.05) the baseline shows nothing: new."""
+    """Found only at follow-up, but baseline's probability over it (below the 0.7 threshold) says it was there."""
     assert PARAMS.min_presence_probability == 0.3 and SEGMENT.probability_threshold == 0.7
-    assert PARAMS.growth_bridge_probability == 0.05
     lesion = ball(SHAPE, *FAR)
     base = np.where(spheres(ball, A), 0.9, np.where(lesion, faint, 0.01)).astype(np.float32)
     follow = np.where(spheres(ball, A) | lesion, 0.9, 0.01).astype(np.float32)
@@ -521,25 +517,3 @@ def test_a_lesion_joined_to_an_old_one_by_sub_threshold_signal_is_its_growth(bal
     if status == "enlarging":
         (grown,) = changes
         assert grown.confluent and len(grown.followup_labels) == 2
-
-
-@pytest.mark.parametrize("core, gap, status", [(0.1, 0, "enlarging"), (0.05, 1, "enlarging"), (0.049, 0, "new"),
-                                                (0.1, 2, "new")])
-def test_a_lesion_the_baseline_shows_faintly_in_part_is_an_old_one_grown(ball, affine, core, gap, status):
-    """Issue 12 item 4: on unseen contrasts the per-visit model misses a small old lesion at baseline, and finds it
-    at follow-up once it has grown. Baseline signal of probability >= growth_bridge_probability (0.05) in the lesion,
-    or `gap` voxels beyond it up to the match tolerance (1), makes it that old lesion grown; its baseline volume is
-    the summed baseline probability there."""
-    x, y, z = FAR[0]
-    lesion = ball(SHAPE, (x, y, z), 2)  # 33 voxels
-    faint = np.zeros(SHAPE, bool)
-    faint[x - 2 - gap - 1:x - 2 - gap + 1, y, z] = True  # 2 voxels, at the lesion's edge (gap 0) or beyond it
-    base = np.where(spheres(ball, A), 0.9, np.where(faint, core, 0.01)).astype(np.float32)
-    follow = np.where(spheres(ball, A) | lesion, 0.9, 0.01).astype(np.float32)
-    changes = match_with_probabilities(base, follow, affine)
-    assert statuses(changes) == sorted([status, "stable"])
-    (grown,) = [change for change in changes if change.status == status]
-    if status == "enlarging":
-        near = ndimage.binary_dilation(lesion, np.ones((3, 3, 3), bool))
-        assert grown.baseline_volume_mm3 == pytest.approx(base[near].sum(), rel=1e-5)
-        assert (grown.baseline_labels, grown.followup_volume_mm3) == ((), lesion.sum())
