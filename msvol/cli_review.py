@@ -73,8 +73,10 @@ def findings_command(out_dir, subject, as_json, db_url):
             decision = finding["decision"]
             said = "pending" if decision is None else f"{decision['action']} by {decision['reviewer']}" + (
                 f" ({decision['reason']})" if decision["reason"] else "")
-            confidence = ("subtraction only" if (finding["details"] or {}).get("subtraction_only") else ""
-                          ) if finding["confidence"] is None else f"confidence {finding['confidence']:.2f}"
+            if finding["confidence"] is not None:
+                confidence = f"confidence {finding['confidence']:.2f}"
+            else:  # the reader's own, a PBVC, or a candidate only the subtraction image shows
+                confidence = "subtraction only" if (finding["details"] or {}).get("subtraction_only") else ""
             if finding["kind"] == "pbvc":
                 shown = f"PBVC {finding['details']['pbvc_percent']:+.2f}%"
             else:

@@ -23,6 +23,8 @@ from msvol.review.store import AnalysisRun, AuditEntry, Decision, Finding, Sessi
 
 LESION_FINDINGS = ("new", "enlarging", "shrinking", "resolved", "possible_new")
 MUST_DECIDE = ("new", "enlarging")  # sign-off needs a decision on every one of these
+# what a lesion finding keeps of report.json beyond its volumes (subtraction_only: no model confidence, see report.py)
+LESION_DETAILS = ("merged", "split", "confluent", "subtraction_only")
 
 
 def interval_key(from_session: str, to_session: str) -> str:
@@ -99,7 +101,7 @@ def _findings_of(report: dict, run: AnalysisRun, at: dt.datetime):
                               automated_status=lesion["status"], baseline_volume_mm3=lesion["baseline_volume_mm3"],
                               followup_volume_mm3=lesion["followup_volume_mm3"], centroid_mm=lesion["centroid_mm"],
                               confidence=lesion.get("confidence"),
-                              details={name: lesion.get(name) for name in ("merged", "split", "confluent", "subtraction_only")}
+                              details={name: lesion.get(name) for name in LESION_DETAILS}
                               | {"thumbnail": thumbnails.get(str(lesion["id"]))})
         yield Finding(**common, key=f"{prefix}:PBVC", kind="pbvc", lesion_id=None, automated_status=None,
                       baseline_volume_mm3=None, followup_volume_mm3=None, centroid_mm=None, confidence=None,

@@ -7,15 +7,18 @@ export const MUST_DECIDE = ["new", "enlarging"]; // sign-off needs a decision on
 
 const SUBTRACTION_ONLY = "new FLAIR hyperintensity on the subtraction image only: no model proposed it";
 
-function subtractionOnly(finding) {
-  return Boolean(finding.details && finding.details.subtraction_only);
+/** A finding's certainty for the list order: its confidence; a proposal without one (a candidate only the
+ * subtraction image shows) 0; the reader's own (added) last. */
+function certainty(finding) {
+  return finding.confidence ?? (finding.kind === "added" ? Infinity : 0);
 }
 
-/** A finding's certainty for the list order: its confidence; a subtraction-only candidate (no model saw it) 0;
- * the reader's own (added, no confidence) last. */
-function certainty(finding) {
-  if (finding.confidence !== null && finding.confidence !== undefined) return finding.confidence;
-  return subtractionOnly(finding) ? 0 : Infinity;
+/** Where a finding comes from when it has no confidence. */
+function source(finding) {
+  if (finding.kind === "added") return element("span", { className: "muted" }, "reader");
+  const subtraction = Boolean(finding.details && finding.details.subtraction_only);
+  return element("span", subtraction ? { className: "muted", title: SUBTRACTION_ONLY } : { className: "muted" },
+    subtraction ? "subtraction image only" : "no confidence");
 }
 
 /** The lesion findings of one interval (proposed and added), least certain first. */
@@ -52,9 +55,8 @@ export function findingItem(finding, selected) {
   },
   element("span", { className: `chip ${finding.kind === "added" ? "added" : shown.split(" ")[0]}` }),
   element("span", { className: "what" }, `${finding.id.split(":")[1]} ${shown.replace("_", " ")}${was.replace("_", " ")}`),
-  finding.confidence !== null ? element("span", { className: "muted" }, `conf. ${finding.confidence.toFixed(2)}`)
-    : subtractionOnly(finding) ? element("span", { className: "muted", title: SUBTRACTION_ONLY }, "subtraction image only")
-      : element("span", { className: "muted" }, "reader"),
+  finding.confidence === null ? source(finding)
+    : element("span", { className: "muted" }, `conf. ${finding.confidence.toFixed(2)}`),
   element("span", { className: "decision" }, `${volume} · ${describeDecision(finding)}`));
 }
 
