@@ -121,8 +121,12 @@ def write_bundle(folder: Path, network, settings) -> Path:
     }
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2))
     (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
-    train_config = {key: list(value) if isinstance(value, tuple) else value
-                    for key, value in dataclasses.asdict(settings).items()}
+    def plain(value):  # YAML-safe: tuples (also inside the tissue-range dicts) as lists
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    train_config = {key: plain(value) for key, value in dataclasses.asdict(settings).items()}
     (folder / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
     torch.save(network.state_dict(), folder / "models" / "model.pt")
     curve = folder.parent / "loss.csv"

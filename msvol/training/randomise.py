@@ -28,6 +28,17 @@ T1_RANGES = {"csf": (0.03, 0.45), "gm": (0.45, 0.85), "wm": (1.0, 1.0), "skull":
              "marrow": (0.5, 1.5), "scalp": (0.5, 1.5), "lesion": (0.3, 0.85)}
 
 
+def _ranges(defaults: dict, tissues: dict | None, lesion: tuple[float, float] | None) -> dict:
+    """`defaults` with the tissues named in `tissues` (and the lesion) given other ranges."""
+    ranges = {**defaults, **{name: tuple(bounds) for name, bounds in (tissues or {}).items()}}
+    unknown = sorted(set(ranges) - set(FRACTION_CHANNELS))
+    bad = [name for name, bounds in ranges.items() if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]]
+    if unknown or bad:
+        raise ValueError(f"tissue ranges: unknown tissues {unknown} or ranges not (low, high) with 0 <= low <= high {bad}; "
+                         f"tissues are {list(FRACTION_CHANNELS)}")
+    return ranges if lesion is None else {**ranges, "lesion": tuple(lesion)}
+
+
 class RandTissueContrastd(RandomizableTransform, MapTransform):
     """Render FLAIR-like and T1-like images from fraction maps with random per-tissue intensities.
 
@@ -37,21 +48,22 @@ class RandTissueContrastd(RandomizableTransform, MapTransform):
     brain's median as inference does. With probability `t1_dropout` the T1 channels are zero
     (the FLAIR-only fallback). With probability `faint_fraction` the FLAIR lesion brightness comes from
     `faint_flair_lesion_range` instead (a training mix weighted to faint lesions, issue 12).
+    `flair_tissue_ranges` and `t1_tissue_ranges` replace the ranges of the tissues they name.
     """
 
     def __init__(self, fraction_keys, brain_sample_keys, image_key: str = "image", visit_jitter: float = 0.03,
                  t1_dropout: float = 0.0, flair_lesion_range: tuple[float, float] | None = None,
                  t1_lesion_range: tuple[float, float] | None = None, faint_fraction: float = 0.0,
-                 faint_flair_lesion_range: tuple[float, float] | None = None):
+                 faint_flair_lesion_range: tuple[float, float] | None = None,
+                 flair_tissue_ranges: dict | None = None, t1_tissue_ranges: dict | None = None):
         RandomizableTransform.__init__(self, prob=1.0)
         MapTransform.__init__(self, fraction_keys)
         self.brain_sample_keys = list(brain_sample_keys)
         self.image_key = image_key
         self.visit_jitter = visit_jitter
         self.t1_dropout = t1_dropout
-        self.flair_ranges = FLAIR_RANGES if flair_lesion_range is None else \
-            {**FLAIR_RANGES, "lesion": tuple(flair_lesion_range)}
-        self.t1_ranges = T1_RANGES if t1_lesion_range is None else {**T1_RANGES, "lesion": tuple(t1_lesion_range)}
+        self.flair_ranges = _ranges(FLAIR_RANGES, flair_tissue_ranges, flair_lesion_range)
+        self.t1_ranges = _ranges(T1_RANGES, t1_tissue_ranges, t1_lesion_range)
         self.faint_fraction = faint_fraction
         if faint_fraction and not faint_flair_lesion_range:
             raise ValueError("a faint-lesion fraction needs faint_flair_lesion_range")
@@ -112,11 +124,12 @@ class RandSliceThicknessd(RandomizableTransform, MapTransform):
 
 
 def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_range=None, t1_lesion_range=None,
-                        faint_fraction: float = 0.0, faint_flair_lesion_range=None):
+                        faint_fraction: float = 0.0, faint_flair_lesion_range=None, flair_tissue_ranges=None,
+                        t1_tissue_ranges=None):
     """The MONAI pipeline for one task ('per_visit' or 'change'): crop, render, deform, degrade.
     `flair_lesion_range` and `t1_lesion_range` replace FLAIR_RANGES["lesion"] and T1_RANGES["lesion"];
     a `faint_fraction` of the samples draws the FLAIR lesion from `faint_flair_lesion_range` (fine-tuning to
-    fainter lesions)."""
+    fainter lesions); `flair_tissue_ranges` and `t1_tissue_ranges` ({tissue: (low, high)}) widen other tissues."""
     from monai import transforms as T
 
     if task == "per_visit":
@@ -134,7 +147,8 @@ def training_transforms(task: str, patch_size, num_samples: int, flair_lesion_ra
                                   warn=False),
         RandTissueContrastd(fraction_keys, brain_keys, t1_dropout=t1_dropout, flair_lesion_range=flair_lesion_range,
                             t1_lesion_range=t1_lesion_range, faint_fraction=faint_fraction,
-                            faint_flair_lesion_range=faint_flair_lesion_range),
+                            faint_flair_lesion_range=faint_flair_lesion_range,
+                            flair_tissue_ranges=flair_tissue_ranges, t1_tissue_ranges=t1_tissue_ranges),
         T.Rand3DElasticd(spatial, sigma_range=(5, 8), magnitude_range=(0, 60), prob=0.8, spatial_size=patch_size,
                          rotate_range=(0.3, 0.3, 0.3), scale_range=(0.15, 0.15, 0.15), shear_range=0.05,
                          mode=("bilinear", "nearest"), padding_mode="zeros"),

@@ -59,6 +59,9 @@ class TrainSettings:
     t1_lesion_range: tuple[float, ...] = ()
     faint_fraction: float = 0.0
     faint_flair_lesion_range: tuple[float, ...] = ()
+    # Other ranges for the tissues named, {tissue: [low, high]} relative to white matter (randomise.FRACTION_CHANNELS).
+    flair_tissue_ranges: dict = dataclasses.field(default_factory=dict)
+    t1_tissue_ranges: dict = dataclasses.field(default_factory=dict)
     # What the bundle calls itself: its version and the changelog line of this run (carried forward
     # after the init bundle's changelog).
     version: str = "2.0.0"
@@ -207,7 +210,9 @@ def train(out_dir: Path, cache_dir: Path, settings: TrainSettings = TrainSetting
                                     flair_lesion_range=settings.flair_lesion_range or None,
                                     t1_lesion_range=settings.t1_lesion_range or None,
                                     faint_fraction=settings.faint_fraction,
-                                    faint_flair_lesion_range=settings.faint_flair_lesion_range or None)
+                                    faint_flair_lesion_range=settings.faint_flair_lesion_range or None,
+                                    flair_tissue_ranges=settings.flair_tissue_ranges or None,
+                                    t1_tissue_ranges=settings.t1_tissue_ranges or None)
     transform.set_random_state(seed=settings.seed + start)  # a resumed run continues with fresh draws
     sampler = torch.utils.data.RandomSampler(range(len(cases)), replacement=True,
                                              num_samples=max(settings.steps - start, 1),

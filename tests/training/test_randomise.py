@@ -92,6 +92,27 @@ def test_a_t1_lesion_range_replaces_only_the_t1_lesion_intensity():
         np.testing.assert_array_equal(image[1, :LESION], default[1, :LESION])
 
 
+def test_tissue_ranges_replace_only_the_tissues_they_name():
+    """Brighter FLAIR CSF (incomplete fluid suppression) and flatter T1 grey matter: those tissues come from the
+    ranges given, every other tissue of both contrasts from its default range; an unknown tissue or a reversed
+    range is refused by name."""
+    CSF = FRACTION_CHANNELS.index("csf")
+    transform = contrast(visit_jitter=0.0, flair_tissue_ranges={"csf": (0.6, 0.7)}, t1_tissue_ranges={"gm": [0.9, 0.95]})
+    for seed in range(10):
+        image = render(transform, seed)
+        assert 0.6 - 1e-6 <= image[0, CSF].flat[0] <= 0.7 + 1e-6
+        assert 0.9 - 1e-6 <= image[1, GM].flat[0] <= 0.95 + 1e-6
+        for channel, ranges, changed in ((0, FLAIR_RANGES, "csf"), (1, T1_RANGES, "gm")):
+            for tissue, name in enumerate(FRACTION_CHANNELS):
+                low, high = ranges[name]
+                if name != changed:
+                    assert low - 1e-6 <= image[channel, tissue].flat[0] <= high + 1e-6, (channel, name)
+    with pytest.raises(ValueError, match="unknown tissues \\['fat'\\]"):
+        contrast(flair_tissue_ranges={"fat": (0.1, 0.2)})
+    with pytest.raises(ValueError, match="'csf'"):
+        contrast(t1_tissue_ranges={"csf": (0.5, 0.2)})
+
+
 def test_a_faint_mix_draws_that_share_of_flair_lesions_from_the_faint_range():
     """faint_fraction 0.5 with a faint range 1.15-1.2: about half the draws fall in it, the rest in the normal
     1.5-3.0; the other tissues keep their ranges."""

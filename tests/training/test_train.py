@@ -107,13 +107,15 @@ def test_fine_tuning_starts_from_the_given_bundle(tmp_path):
     first = train.train(tmp_path / "first", None, tiny_settings(steps=2), log=lambda message: None,
                         cases=tiny_cases("per_visit"))
     settings = dataclasses.replace(tiny_settings(steps=1), init_bundle=str(first), learning_rate=0.0,
-                                   flair_lesion_range=(1.15, 3.0))
+                                   flair_lesion_range=(1.15, 3.0), flair_tissue_ranges={"csf": [0.03, 0.7]},
+                                   t1_tissue_ranges={"gm": (0.45, 0.95)})
     messages = []
     tuned = train.train(tmp_path / "tuned", None, settings, log=messages.append, cases=tiny_cases("per_visit"))
     assert f"weights from {first}" in messages
     before, after = (bundle.load_bundle(folder, "per_visit").network.state_dict() for folder in (first, tuned))
     assert all(torch.equal(before[name], after[name]) for name in before)
-    assert train.load_settings(tuned / "configs" / "train.yaml") == settings
+    recorded = train.load_settings(tuned / "configs" / "train.yaml")
+    assert recorded == dataclasses.replace(settings, t1_tissue_ranges={"gm": [0.45, 0.95]})  # YAML keeps lists
 
 
 def test_load_settings_refuses_a_faint_fraction_without_its_range(tmp_path):
