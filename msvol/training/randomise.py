@@ -34,8 +34,8 @@ def _ranges(defaults: dict, tissues: dict | None, lesion: tuple[float, float] | 
     unknown = sorted(set(ranges) - set(FRACTION_CHANNELS))
     bad = [name for name, bounds in ranges.items() if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]]
     if unknown or bad:
-        raise ValueError(f"tissue ranges: unknown tissues {unknown} or ranges not (low, high) with 0 <= low <= high {bad}; "
-                         f"tissues are {list(FRACTION_CHANNELS)}")
+        raise ValueError(f"tissue ranges: unknown tissues {unknown} or ranges not (low, high) with 0 <= low <= high "
+                         f"{bad}; tissues are {list(FRACTION_CHANNELS)}")
     return ranges if lesion is None else {**ranges, "lesion": tuple(lesion)}
 
 
