@@ -229,23 +229,15 @@ class AtrophyParams:
         7.0, "mm",
         "Gaussian sigma of the differential bias correction (DBC; Lewis & Fox, J Neurosci Methods 2004, used "
         "with KN-BSI by Leung et al., NeuroImage 2010): a local plane through 4 mm block means of the "
-        "follow-up/baseline ratio over pure-WM voxels; 0 = none. msvol choice, issue 12 (2026-12-07), made on "
+        "follow-up/baseline ratio over pure-WM voxels; 0 = none. msvol choice, issue 12 (2026-12-07), on "
         "bench/pbvc_recovery.py's cases and the folded phantom of tests/stages/test_atrophy.py: 7/10 mm gave "
-        "recovery 1.05/1.06, 1.01/1.01 (contraction 21, 22), 1.00/1.00, 0.99/1.00, 0.97/0.97 (divergence 810-812), "
-        "scan-rescan 0.00/-0.01 and +0.05/+0.03 %; the phantom with a residual running 9.6 % from its surface to "
-        "its depth read 1.02/1.08 (divergence), 1.03/1.09 (contraction), scan-rescan -0.09/-0.20 %. The local "
-        "mean of pure-WM and mid-grey voxels at 15 mm (before) read 1.37, 1.38 and -0.78 % there, and 2.09 on "
-        "held-out standard sub-04 ses-01 -> 02; mid-grey samples under a local fit follow the cortex's own change "
-        "(at 10 mm: standard pairs 0.94 median, docs/METHODS.md)")
+        "recovery 1.05/1.06, 1.01/1.01 (contraction 21, 22), 1.00/1.00, 0.99/1.00, 0.97/0.97 (divergence 810-812); "
+        "the phantom with a 9.6 % surface-to-depth residual 1.02/1.08 and 1.03/1.09 (docs/METHODS.md has the rest)")
     tissue_flat_fraction: float = _p(
         0.4, "fraction of the voxels",
         "msvol choice (issue 12), first value tried, not tuned: the PBVC's grey-matter level comes from the flattest "
-        "40 % of the baseline brain's voxels (lowest gradient: no partial-volume edges). Without it, on issue 12's "
-        "shifted-contrast T1s (GM and WM close) the 3-class k-means put the GM level on the CSF-tissue continuum "
-        "(1094 vs the cortex's ~1290) and BSI read 0.2-0.5 of the change. With it (2026-12-02, probes on cached "
-        "prepared visits): held-out shifted sub-01..04 median recovery 0.45 -> 0.86; bench/pbvc_recovery.py cases "
-        "contraction 21 1.041 -> 1.043, divergence 810/811/812 0.997/1.033/0.972 -> 1.023/1.048/0.986; check set "
-        "0.79 unchanged")
+        "40 % of the baseline brain's voxels (no partial-volume edges); held-out shifted sub-01..04 median recovery "
+        "0.45 -> 0.86 with it, bench/pbvc_recovery.py's cases within 0.03 (docs/METHODS.md, 2026-12-02)")
     pathological_annualized_pbvc_percent: float = _p(
         -0.40, "%/year", "De Stefano et al., J Neurol Neurosurg Psychiatry 2016: SIENA cut-off, 80 % specificity")
     min_years_for_annualized: float = _p(
