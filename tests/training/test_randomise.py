@@ -97,7 +97,8 @@ def test_tissue_ranges_replace_only_the_tissues_they_name():
     ranges given, every other tissue of both contrasts from its default range; an unknown tissue or a reversed
     range is refused by name."""
     CSF = FRACTION_CHANNELS.index("csf")
-    transform = contrast(visit_jitter=0.0, flair_tissue_ranges={"csf": (0.6, 0.7)}, t1_tissue_ranges={"gm": [0.9, 0.95]})
+    transform = contrast(visit_jitter=0.0, flair_tissue_ranges={"csf": (0.6, 0.7)},
+                         t1_tissue_ranges={"gm": [0.9, 0.95]})
     for seed in range(10):
         image = render(transform, seed)
         assert 0.6 - 1e-6 <= image[0, CSF].flat[0] <= 0.7 + 1e-6
