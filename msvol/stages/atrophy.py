@@ -12,7 +12,8 @@ nothing here depends on the FLAIR). Vocabulary:
   Gaussian of `bias_smoothing_mm`: `smooth_field.smooth_within`). N4 leaves a residual field that differs between visits
   and runs from the brain's surface to its depth (issue 12: -6 % to +3.5 % on a held-out pair); a local mean
   of deep-WM samples cannot reach the surface, where BSI measures.
-- *levels*: C, the baseline's mean over dark reference voxels (pure CSF); G, its grey-matter level: the
+- *levels*: C, the baseline's mean over the dark reference voxels `csf_level_depth_mm` deep in the brain (ventricular
+  CSF: outer CSF shares voxels with skull and dura); G, its grey-matter level: the
   lower k-means class of its flattest (lowest-gradient) tissue voxels, so no partial-volume edge takes the
   class (`tissue_flat_fraction`). k-means' CSF centre is not used: partial volume pulls it to ~20 % tissue.
 - *window*: intensities are clipped to C + m (G - C) .. C + (1 - m)(G - C), m = `window_margin_fraction`.
@@ -144,12 +145,25 @@ def _line_through(baseline: np.ndarray, followup: np.ndarray, dark: np.ndarray, 
     return scale, base[0] - scale * follow[0], base[0], base[1]
 
 
+def csf_level(baseline: np.ndarray, dark: np.ndarray, common_mask: np.ndarray, spacing_mm, depth_mm: float) -> float:
+    """C: the baseline's mean over the dark references at least `depth_mm` inside the common mask (ventricles).
+
+    Dark voxels near the brain's rim are outer CSF, thin enough to share voxels with skull and dura: darker than
+    CSF, and where CSF is bright (issue 12's shifted T1 contrast) they pulled C down by a fifth of G - C, which
+    widened the window and the tissue scale (recovery 0.59-0.83 with the exact intensity map). Without enough deep
+    ones (a brain without ventricles), all dark references.
+    """
+    deep = dark & (ndimage.distance_transform_edt(common_mask, sampling=spacing_mm) >= depth_mm)
+    return float(baseline[deep if deep.sum() >= _MIN_REFERENCE_VOXELS else dark].mean())
+
+
 def match_followup(baseline: Volume, followup: Volume, baseline_mask: Volume, followup_mask: Volume,
                    params: AtrophyParams) -> tuple[np.ndarray, tuple[float, float, float]]:
     """The follow-up T1 on the baseline's intensity scale, and the baseline levels (C, G, W).
 
     Starts from each visit's k-means classes, then twice: reference voxels -> line through their means ->
-    DBC field over the bright ones; a last line fixes the scale after the field. See the module docstring.
+    DBC field over the bright ones; a last line fixes the scale after the field. C is then the baseline's level over
+    the last dark references deep in the brain (`csf_level`). See the module docstring.
     """
     csf_b, gm_b, wm_b = tissue_means(baseline.data, baseline_mask.data, flat_fraction=params.tissue_flat_fraction)
     csf_f, _, wm_f = tissue_means(followup.data, followup_mask.data)
@@ -170,6 +184,7 @@ def match_followup(baseline: Volume, followup: Volume, baseline_mask: Volume, fo
         field = smooth_within(log_ratio - middle, bright, sigma_mm=params.bias_smoothing_mm,
                               spacing_mm=baseline.spacing_mm) + middle
         follow = follow / np.exp(field)
+    levels = (csf_level(base, dark, common, baseline.spacing_mm, params.csf_level_depth_mm), gm_b, levels[2])
     if not levels[0] < levels[1] < levels[2]:
         raise InputError(f"T1 levels not in CSF < GM < WM order after matching ({levels}); is the T1w a T1?")
     return follow.astype(np.float32), levels

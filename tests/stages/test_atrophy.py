@@ -13,7 +13,7 @@ from scipy import ndimage
 from msvol.config import AtrophyParams
 from msvol.datatypes import Volume
 from msvol.errors import InputError
-from msvol.stages.atrophy import measure_pbvc, reference_voxels, tissue_means, tissue_volume_ml
+from msvol.stages.atrophy import csf_level, measure_pbvc, reference_voxels, tissue_means, tissue_volume_ml
 from msvol.stages.smooth_field import smooth_within
 from tests.stages import brain_phantom
 
@@ -282,6 +282,26 @@ def test_reference_voxels_are_pure_and_the_same_anatomy_at_both_visits():
     assert before["csf"][dark].min() > 0.99 and after["csf"][dark].min() > 0.99
     assert before["wm"][bright].mean() > 0.999 and after["wm"][bright].mean() > 0.999
     assert (before["wm"] != after["wm"])[bright].mean() < 1e-3
+
+
+def test_the_csf_level_comes_from_the_ventricles_not_the_brain_rim():
+    """Regression (issue 12, held-out shifted T1 contrast): a brain extractor's mask takes in outer CSF that shares
+    voxels with skull and dura, darker than CSF. Those voxels passed as pure CSF and pulled the level C down by a
+    fifth of G - C where CSF is bright, so BSI's window and tissue scale widened: recovery 0.59-0.83 with the exact
+    intensity map, 0.82 median on the held-out shifted pairs. C comes from the dark references deep in the mask;
+    without enough of them (no ventricles), from all."""
+    t1, mask = scan("none", 1)
+    dark, _ = reference_voxels(t1.data, t1.data, mask.data, tissue_means(t1.data, mask.data),
+                               PARAMS.reference_erosion_voxels)
+    rim = mask.data & ~ndimage.binary_erosion(mask.data, iterations=3)
+    image = np.where(rim, 0.4 * brain_phantom.T1_CONTRAST["csf"], t1.data)  # outer CSF with skull in its voxels
+    ventricles = float(image[dark].mean())
+    assert ventricles == pytest.approx(brain_phantom.T1_CONTRAST["csf"], rel=0.03)
+    with_rim = dark | rim
+    depth = PARAMS.csf_level_depth_mm
+    assert csf_level(image, with_rim, mask.data, t1.spacing_mm, depth) == pytest.approx(ventricles, rel=1e-3)
+    assert float(image[with_rim].mean()) < 0.8 * ventricles  # what the level was before
+    assert csf_level(image, with_rim, mask.data, t1.spacing_mm, 100.0) == pytest.approx(image[with_rim].mean())
 
 
 def test_smooth_within_fits_a_gradient_out_to_the_edge_of_its_samples():
