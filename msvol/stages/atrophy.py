@@ -149,7 +149,7 @@ def csf_level(baseline: np.ndarray, dark: np.ndarray, common_mask: np.ndarray, s
     """C: the baseline's mean over the dark references at least `depth_mm` inside the common mask (ventricles).
 
     Dark voxels near the brain's rim are outer CSF, thin enough to share voxels with skull and dura: darker than
-    CSF, and where CSF is bright (issue 12's shifted T1 contrast) they pulled C down by a fifth of G - C, which
+    CSF, and where CSF is bright (issue 12's shifted T1 contrast) they pulled C down by 0.15-0.2 of G - C, which
     widened the window and the tissue scale (recovery 0.59-0.83 with the exact intensity map). Without enough deep
     ones (a brain without ventricles), all dark references.
     """
