@@ -126,7 +126,7 @@ def cached(path: Path, make) -> dict:
     return case
 
 
-def _visit(case: dict, index: int, flair_spacing_mm=None) -> Visit:
+def visit(case: dict, index: int, flair_spacing_mm=None) -> Visit:
     stored = case["visits"][index]
     flair = Volume(np.asarray(stored["flair"], np.float32), np.asarray(stored["flair_affine"], float), "FLAIR")
     if flair_spacing_mm is not None:
@@ -163,30 +163,34 @@ def measure(prepared, params: Params) -> tuple[float, float | None, float]:
     return result.pbvc_percent, result.alignment_correlation, time.perf_counter() - started
 
 
+def cases(out: Path) -> list[tuple]:
+    """(name, kind, cache file in `out`, function making the case) of every case with a 1 mm FLAIR."""
+    found = [(f"divergence {seed}", "divergence", out / f"divergence-{seed}.npz",
+              lambda seed=seed: divergence_case(seed)) for seed in DIVERGENCE_SEEDS]
+    found += [(f"contraction {seed}", "contraction", out / f"contraction-{seed}.npz",
+               lambda seed=seed: contraction_case(seed)) for seed in CONTRACTION_SEEDS]
+    return found + [(f"scan-rescan divergence {RESCAN_DIVERGENCE_SEED}", "scan-rescan",
+                     out / f"rescan-divergence-{RESCAN_DIVERGENCE_SEED}.npz",
+                     lambda: divergence_case(RESCAN_DIVERGENCE_SEED, (0.0, 0.0))),
+                    (f"scan-rescan contraction {RESCAN_CONTRACTION_SEED}", "scan-rescan",
+                     out / f"rescan-contraction-{RESCAN_CONTRACTION_SEED}.npz",
+                     lambda: contraction_case(RESCAN_CONTRACTION_SEED, 0.0))]
+
+
 def run(out: Path) -> list[dict]:
     params = Params()
     resources = types.SimpleNamespace(extractor=preprocess.load_brain_extractor())  # prepare_visit reads only this
-    cases = [(f"divergence {seed}", "divergence", out / f"divergence-{seed}.npz",
-              lambda seed=seed: divergence_case(seed)) for seed in DIVERGENCE_SEEDS]
-    cases += [(f"contraction {seed}", "contraction", out / f"contraction-{seed}.npz",
-               lambda seed=seed: contraction_case(seed)) for seed in CONTRACTION_SEEDS]
-    cases += [(f"scan-rescan divergence {RESCAN_DIVERGENCE_SEED}", "scan-rescan",
-               out / f"rescan-divergence-{RESCAN_DIVERGENCE_SEED}.npz",
-               lambda: divergence_case(RESCAN_DIVERGENCE_SEED, (0.0, 0.0))),
-              (f"scan-rescan contraction {RESCAN_CONTRACTION_SEED}", "scan-rescan",
-               out / f"rescan-contraction-{RESCAN_CONTRACTION_SEED}.npz",
-               lambda: contraction_case(RESCAN_CONTRACTION_SEED, 0.0))]
     rows = []
-    for name, kind, path, make in cases:
+    for name, kind, path, make in cases(out):
         case = cached(path, make)
-        prepared = [pipeline.prepare_visit(_visit(case, index), params, resources) for index in range(2)]
+        prepared = [pipeline.prepare_visit(visit(case, index), params, resources) for index in range(2)]
         pbvc, correlation, seconds = measure(prepared, params)
         rows.append({"case": name, "kind": kind, "flair": "1 mm", "truth": case["truth"], "pbvc": pbvc,
                      "correlation": correlation, "seconds": seconds})
         print(json.dumps(rows[-1]), flush=True)
         if name in (f"divergence {DIVERGENCE_SEEDS[0]}", f"contraction {CONTRACTION_SEEDS[0]}"):
             for label, spacing in (("1 x 1 x 1.2 mm", (1.0, 1.0, 1.2)), ("1.2 mm iso", (1.2, 1.2, 1.2))):
-                followup = pipeline.prepare_visit(_visit(case, 1, spacing), params, resources)
+                followup = pipeline.prepare_visit(visit(case, 1, spacing), params, resources)
                 pbvc_low, correlation, seconds = measure([prepared[0], followup], params)
                 rows.append({"case": name, "kind": "FLAIR " + label, "flair": label, "truth": case["truth"],
                              "pbvc": pbvc_low, "correlation": correlation, "seconds": seconds,

@@ -1,12 +1,15 @@
-"""PBVC alone on every pair of the held-out sets and the check set (issue 12 item 6), fast enough to compare methods.
+"""PBVC alone on every pair of the held-out sets, the check set and the PBVC bench cases (issue 12 item 6), fast
+enough to compare methods.
 
     python bench/pbvc_sets.py prepare SET [--subjects N] [--out bench/work/pbvc_sets]
     python bench/pbvc_sets.py measure [SET ...] [--out bench/work/pbvc_sets]
 
-SET is standard or shifted (msvol synth, three visits, seeds 600 on, as `make bench-heldout`) or checkset
-(msvol.synth.checkset, two visits). `prepare` writes the set (kept when there), runs each visit's T1 through the
-pipeline's preparation (N4, deepbet) and each interval through `pipeline.measure_interval_pbvc` up to BSI, and
-saves the two halfway T1s and masks with the truth (OUT/SET/pairs/*.npz, about 45 MB a pair; minutes a subject).
+SET is standard or shifted (msvol synth, three visits, seeds 600 on, as `make bench-heldout`), checkset
+(msvol.synth.checkset, two visits) or recovery (bench/pbvc_recovery.py's divergence, contraction and scan-rescan
+cases, 1 mm FLAIR; its case files are cached in OUT/recovery/data). `prepare` writes the set (kept when there), runs
+each visit's T1 through the pipeline's preparation (N4, deepbet) and each interval through
+`pipeline.measure_interval_pbvc` up to BSI, and saves the two halfway T1s and masks with the truth
+(OUT/SET/pairs/*.npz, about 45 MB a pair; minutes a subject).
 `measure` runs `atrophy.measure_pbvc` of this checkout on the saved pairs (seconds a pair) and prints recovery
 (measured / true, |true| >= 0.2 %) per pair and per set. `make bench-heldout` measures the same through the whole
 pipeline; this bench only skips the lesion stages, which PBVC does not read.
@@ -29,8 +32,9 @@ from msvol.stages import atrophy, preprocess
 from msvol.synth import checkset
 
 import heldout  # noqa: I001 (bench/, beside this script: on sys.path when run as `python bench/pbvc_sets.py`)
+import pbvc_recovery  # noqa: I001
 
-SETS = ("standard", "shifted", "checkset")
+SETS = ("standard", "shifted", "checkset", "recovery")
 FIRST_SEED = 600  # bench/heldout.py's default: never used in training
 
 
@@ -42,37 +46,62 @@ def _write_set(name: str, data: Path, subjects: int) -> None:
         heldout.generate(data, subjects, FIRST_SEED, name)
 
 
+class _Halfway:
+    """While in use, keeps the halfway T1s and masks that measure_interval_pbvc hands to BSI."""
+
+    def __enter__(self):
+        self.volumes, self._measure_pbvc = None, atrophy.measure_pbvc
+
+        def keep(*volumes, **kwargs):
+            self.volumes = volumes
+            return self._measure_pbvc(*volumes, **kwargs)
+
+        atrophy.measure_pbvc = keep
+        return self
+
+    def __exit__(self, *exc):
+        atrophy.measure_pbvc = self._measure_pbvc
+
+    def save(self, path: Path, truth: float, rescan: bool) -> None:
+        base, follow, base_mask, follow_mask = self.volumes
+        np.savez_compressed(path, base=base.data, follow=follow.data, base_mask=base_mask.data,
+                            follow_mask=follow_mask.data, affine=base.affine, truth=truth, rescan=rescan)
+        print(f"{path.parent.parent.name} {path.stem}: saved", file=sys.stderr, flush=True)
+
+
+def _prepare_recovery(data: Path, pairs: Path, params: Params, halfway: _Halfway) -> None:
+    """bench/pbvc_recovery.py's cases (its 1 mm FLAIR runs; PBVC does not read the FLAIR), through the same code."""
+    resources = types.SimpleNamespace(extractor=preprocess.load_brain_extractor())
+    for name, kind, path, make in pbvc_recovery.cases(data):
+        case = pbvc_recovery.cached(path, make)
+        prepared = [pipeline.prepare_visit(pbvc_recovery.visit(case, index), params, resources) for index in range(2)]
+        pbvc_recovery.measure(prepared, params)
+        halfway.save(pairs / f"{path.stem}.npz", case["truth"], kind == "scan-rescan")
+
+
 def prepare(name: str, out: Path, subjects: int) -> None:
     data, pairs = out / name / "data", out / name / "pairs"
-    _write_set(name, data, subjects)
     pairs.mkdir(parents=True, exist_ok=True)
-    truths = evaluate_io.read_synth(data / "derivatives" / "truth")
-    params, extractor = Params(), preprocess.load_brain_extractor()
-    halfway = {}
-    measure_pbvc = atrophy.measure_pbvc
-
-    def keep(*volumes, **kwargs):  # the halfway T1s and masks, as measure_interval_pbvc hands them to BSI
-        halfway["volumes"] = volumes
-        return measure_pbvc(*volumes, **kwargs)
-
-    atrophy.measure_pbvc = keep
-    for subject_dir in bids.find_subjects(data):
-        patient, subject = bids.load_patient(subject_dir, params.ingest), subject_dir.name[len("sub-"):]
-        visits = []
-        for visit in patient.visits:  # only what measure_interval_pbvc reads
-            t1 = preprocess.correct_bias(preprocess.reorient(visit.t1), params.preprocess)
-            mask = preprocess.extract_brain(t1, params.preprocess, extractor=extractor)
-            visits.append(types.SimpleNamespace(t1=t1, t1_brain_mask=mask, session=visit.session))
-        for first, second in pipeline.interval_pairs(len(visits)):
-            baseline, followup = visits[first], visits[second]
-            pipeline.measure_interval_pbvc(baseline, followup, years=1.0, flair_correlation=1.0, params=params)
-            truth = truths[subject].intervals[(baseline.session, followup.session)]
-            base, follow, base_mask, follow_mask = halfway["volumes"]
-            np.savez_compressed(pairs / f"sub-{subject}_{baseline.session}_{followup.session}.npz",
-                                base=base.data, follow=follow.data, base_mask=base_mask.data,
-                                follow_mask=follow_mask.data, affine=base.affine, truth=truth["pbvc"],
-                                rescan=truth["scan_rescan"])
-            print(f"{name} sub-{subject} {baseline.session} -> {followup.session}: saved", file=sys.stderr, flush=True)
+    params = Params()
+    with _Halfway() as halfway:
+        if name == "recovery":
+            _prepare_recovery(data, pairs, params, halfway)
+            return
+        _write_set(name, data, subjects)
+        truths, extractor = evaluate_io.read_synth(data / "derivatives" / "truth"), preprocess.load_brain_extractor()
+        for subject_dir in bids.find_subjects(data):
+            patient, subject = bids.load_patient(subject_dir, params.ingest), subject_dir.name[len("sub-"):]
+            visits = []
+            for visit in patient.visits:  # only what measure_interval_pbvc reads
+                t1 = preprocess.correct_bias(preprocess.reorient(visit.t1), params.preprocess)
+                mask = preprocess.extract_brain(t1, params.preprocess, extractor=extractor)
+                visits.append(types.SimpleNamespace(t1=t1, t1_brain_mask=mask, session=visit.session))
+            for first, second in pipeline.interval_pairs(len(visits)):
+                baseline, followup = visits[first], visits[second]
+                pipeline.measure_interval_pbvc(baseline, followup, years=1.0, flair_correlation=1.0, params=params)
+                truth = truths[subject].intervals[(baseline.session, followup.session)]
+                halfway.save(pairs / f"sub-{subject}_{baseline.session}_{followup.session}.npz", truth["pbvc"],
+                             truth["scan_rescan"])
 
 
 def measure(names: list[str], out: Path) -> None:
@@ -104,7 +133,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("prepare", "measure"))
     parser.add_argument("sets", nargs="*", metavar="SET", help=f"one of {', '.join(SETS)}; measure: all saved")
-    parser.add_argument("--subjects", type=int, default=8, help="prepare: subjects (held-out 8, check set 7)")
+    parser.add_argument("--subjects", type=int, default=8, help="prepare: subjects (held-out 8, check set 7; recovery: all cases)")
     parser.add_argument("--out", type=Path, default=Path("bench/work/pbvc_sets"))
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.sets) - set(SETS)):
