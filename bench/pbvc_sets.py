@@ -79,29 +79,33 @@ def _prepare_recovery(data: Path, pairs: Path, params: Params, halfway: _Halfway
         halfway.save(pairs / f"{path.stem}.npz", case["truth"], kind == "scan-rescan")
 
 
+def _prepare_subjects(name: str, data: Path, pairs: Path, subjects: int, params: Params, halfway: _Halfway) -> None:
+    """A held-out set or the check set: each visit's T1 prepared as the pipeline does, every interval to BSI."""
+    _write_set(name, data, subjects)
+    truths, extractor = evaluate_io.read_synth(data / "derivatives" / "truth"), preprocess.load_brain_extractor()
+    for subject_dir in bids.find_subjects(data):
+        patient, subject = bids.load_patient(subject_dir, params.ingest), subject_dir.name[len("sub-"):]
+        visits = []
+        for visit in patient.visits:  # only what measure_interval_pbvc reads
+            t1 = preprocess.correct_bias(preprocess.reorient(visit.t1), params.preprocess)
+            mask = preprocess.extract_brain(t1, params.preprocess, extractor=extractor)
+            visits.append(types.SimpleNamespace(t1=t1, t1_brain_mask=mask, session=visit.session))
+        for first, second in pipeline.interval_pairs(len(visits)):
+            baseline, followup = visits[first], visits[second]
+            pipeline.measure_interval_pbvc(baseline, followup, years=1.0, flair_correlation=1.0, params=params)
+            truth = truths[subject].intervals[(baseline.session, followup.session)]
+            halfway.save(pairs / f"sub-{subject}_{baseline.session}_{followup.session}.npz", truth["pbvc"],
+                         truth["scan_rescan"])
+
+
 def prepare(name: str, out: Path, subjects: int) -> None:
     data, pairs = out / name / "data", out / name / "pairs"
     pairs.mkdir(parents=True, exist_ok=True)
-    params = Params()
     with _Halfway() as halfway:
         if name == "recovery":
-            _prepare_recovery(data, pairs, params, halfway)
-            return
-        _write_set(name, data, subjects)
-        truths, extractor = evaluate_io.read_synth(data / "derivatives" / "truth"), preprocess.load_brain_extractor()
-        for subject_dir in bids.find_subjects(data):
-            patient, subject = bids.load_patient(subject_dir, params.ingest), subject_dir.name[len("sub-"):]
-            visits = []
-            for visit in patient.visits:  # only what measure_interval_pbvc reads
-                t1 = preprocess.correct_bias(preprocess.reorient(visit.t1), params.preprocess)
-                mask = preprocess.extract_brain(t1, params.preprocess, extractor=extractor)
-                visits.append(types.SimpleNamespace(t1=t1, t1_brain_mask=mask, session=visit.session))
-            for first, second in pipeline.interval_pairs(len(visits)):
-                baseline, followup = visits[first], visits[second]
-                pipeline.measure_interval_pbvc(baseline, followup, years=1.0, flair_correlation=1.0, params=params)
-                truth = truths[subject].intervals[(baseline.session, followup.session)]
-                halfway.save(pairs / f"sub-{subject}_{baseline.session}_{followup.session}.npz", truth["pbvc"],
-                             truth["scan_rescan"])
+            _prepare_recovery(data, pairs, Params(), halfway)
+        else:
+            _prepare_subjects(name, data, pairs, subjects, Params(), halfway)
 
 
 def measure(names: list[str], out: Path) -> None:
